@@ -1,0 +1,531 @@
+//! Linear baselines: PCA and contrastive PCA (cPCA, Abid et al. 2018) for
+//! dense `f32` row-major data.
+//!
+//! Covariances are accumulated in `f64` from mean-centred data (blocked
+//! `gemm`, parallel over a fixed row partition so results do not depend on the
+//! thread count) and decomposed with nalgebra's `SymmetricEigen`. Each returned
+//! direction is sign-normalised so its largest-magnitude entry is positive,
+//! which makes results reproducible across runs and comparable with
+//! scikit-learn's `svd_flip` convention.
+
+use nalgebra::{DMatrix, SymmetricEigen};
+use rayon::prelude::*;
+
+/// Rows converted to `f64` at a time inside one covariance partition.
+const GEMM_BLOCK: usize = 512;
+/// Upper bound on covariance partitions (each holds a `d × d` partial sum).
+const MAX_PARTS: usize = 8;
+
+/// Invalid PCA / cPCA input, or a failed decomposition.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BaselineError {
+    #[error("dimension d must be at least 1")]
+    ZeroDimension,
+    #[error("{which}: data length {len} does not match n = {n} rows of d = {d} columns")]
+    ShapeMismatch {
+        which: &'static str,
+        len: usize,
+        n: usize,
+        d: usize,
+    },
+    #[error("{which}: need at least 2 rows for a covariance, got {n}")]
+    TooFewRows { which: &'static str, n: usize },
+    #[error("number of components must be at least 1")]
+    ZeroComponents,
+    #[error("{components} components requested but the data has only d = {d} dimensions")]
+    TooManyComponents { components: usize, d: usize },
+    #[error("{which}: non-finite value at row {row}, column {col}")]
+    NonFinite {
+        which: &'static str,
+        row: usize,
+        col: usize,
+    },
+    #[error("alpha must be finite and non-negative, got {0}")]
+    InvalidAlpha(f64),
+    #[error("eigendecomposition did not converge")]
+    EigenFailed,
+}
+
+/// A fitted linear projection and the projected training (target) data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projection {
+    /// Mean subtracted before projecting (the target mean for cPCA), length `d`.
+    pub mean: Vec<f32>,
+    /// Unit-norm directions, `components × d` row-major, by decreasing eigenvalue.
+    pub components: Vec<f32>,
+    /// Eigenvalue of each direction: variance for PCA (divisor `n − 1`), the
+    /// contrastive variance `var_target − alpha·var_reference` for cPCA
+    /// (may be negative).
+    pub eigenvalues: Vec<f64>,
+    /// Projected centred data, `n × components` row-major.
+    pub embedding: Vec<f32>,
+    /// Input dimension.
+    pub d: usize,
+}
+
+impl Projection {
+    /// Number of projection directions.
+    pub fn n_components(&self) -> usize {
+        self.eigenvalues.len()
+    }
+
+    /// Projects new rows (`d` columns) with the fitted mean and directions.
+    pub fn transform(&self, x: &[f32]) -> Result<Vec<f32>, BaselineError> {
+        if !x.len().is_multiple_of(self.d) {
+            return Err(BaselineError::ShapeMismatch {
+                which: "x",
+                len: x.len(),
+                n: x.len() / self.d,
+                d: self.d,
+            });
+        }
+        check_finite("x", x, self.d)?;
+        let mean: Vec<f64> = self.mean.iter().map(|&m| f64::from(m)).collect();
+        Ok(project(x, self.d, &mean, &self.components))
+    }
+}
+
+/// PCA of `x` (`n × d`): the top `components` eigenvectors of the sample
+/// covariance, and the centred data projected onto them.
+pub fn pca(x: &[f32], n: usize, d: usize, components: usize) -> Result<Projection, BaselineError> {
+    check_input("x", x, n, d)?;
+    check_components(components, d)?;
+    let mean = column_mean(x, d);
+    let cov = covariance(x, d, &mean);
+    top_eigen(cov, x, d, mean, components)
+}
+
+/// Contrastive PCA: the top `components` eigenvectors of
+/// `Cov(target) − alpha·Cov(reference)`, and the centred target projected
+/// onto them. Directions with high target variance that the reference shares
+/// are suppressed; `alpha = 0` is plain PCA of the target. Each data set is
+/// centred on its own mean; row counts are `len / d`.
+pub fn cpca(
+    target: &[f32],
+    reference: &[f32],
+    d: usize,
+    components: usize,
+    alpha: f64,
+) -> Result<Projection, BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input("target", target, target.len() / d, d)?;
+    check_input("reference", reference, reference.len() / d, d)?;
+    check_components(components, d)?;
+    if !(alpha.is_finite() && alpha >= 0.0) {
+        return Err(BaselineError::InvalidAlpha(alpha));
+    }
+    let t_mean = column_mean(target, d);
+    let r_mean = column_mean(reference, d);
+    let mut cov = covariance(target, d, &t_mean);
+    if alpha != 0.0 {
+        cov -= covariance(reference, d, &r_mean) * alpha;
+    }
+    top_eigen(cov, target, d, t_mean, components)
+}
+
+fn check_input(which: &'static str, x: &[f32], n: usize, d: usize) -> Result<(), BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    if n.checked_mul(d) != Some(x.len()) {
+        return Err(BaselineError::ShapeMismatch {
+            which,
+            len: x.len(),
+            n,
+            d,
+        });
+    }
+    if n < 2 {
+        return Err(BaselineError::TooFewRows { which, n });
+    }
+    check_finite(which, x, d)
+}
+
+fn check_finite(which: &'static str, x: &[f32], d: usize) -> Result<(), BaselineError> {
+    match x.par_iter().position_first(|v| !v.is_finite()) {
+        Some(i) => Err(BaselineError::NonFinite {
+            which,
+            row: i / d,
+            col: i % d,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_components(components: usize, d: usize) -> Result<(), BaselineError> {
+    if components == 0 {
+        return Err(BaselineError::ZeroComponents);
+    }
+    if components > d {
+        return Err(BaselineError::TooManyComponents { components, d });
+    }
+    Ok(())
+}
+
+fn column_mean(x: &[f32], d: usize) -> Vec<f64> {
+    let mut mean = vec![0.0f64; d];
+    for row in x.chunks_exact(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += f64::from(v);
+        }
+    }
+    let n = (x.len() / d) as f64;
+    mean.iter_mut().for_each(|m| *m /= n);
+    mean
+}
+
+/// Sample covariance (divisor `n − 1`) of the centred rows, `d × d`.
+fn covariance(x: &[f32], d: usize, mean: &[f64]) -> DMatrix<f64> {
+    let n = x.len() / d;
+    // Partition depends only on n, so the summation order is fixed.
+    let parts = n.div_ceil(GEMM_BLOCK).clamp(1, MAX_PARTS);
+    let rows_per_part = n.div_ceil(parts);
+    let partials: Vec<DMatrix<f64>> = x
+        .par_chunks(rows_per_part * d)
+        .map(|part| {
+            let mut g = DMatrix::<f64>::zeros(d, d);
+            for block in part.chunks(GEMM_BLOCK * d) {
+                let b = block.len() / d;
+                // Row-major `b × d` rows read as column-major `d × b`: each
+                // column is one centred sample, so A·Aᵀ is the scatter matrix.
+                let centred: Vec<f64> = block
+                    .chunks_exact(d)
+                    .flat_map(|row| row.iter().zip(mean).map(|(&v, m)| f64::from(v) - m))
+                    .collect();
+                let a = DMatrix::from_column_slice(d, b, &centred);
+                g.gemm(1.0, &a, &a.transpose(), 1.0);
+            }
+            g
+        })
+        .collect();
+    let mut cov = DMatrix::<f64>::zeros(d, d);
+    for p in &partials {
+        cov += p;
+    }
+    cov / (n - 1) as f64
+}
+
+/// Top-`components` eigenpairs of a symmetric matrix, sign-normalised, and
+/// the projection of `x` centred on `mean`.
+fn top_eigen(
+    cov: DMatrix<f64>,
+    x: &[f32],
+    d: usize,
+    mean: Vec<f64>,
+    components: usize,
+) -> Result<Projection, BaselineError> {
+    // Generous cap (the QR sweeps need a few per eigenvalue) so a pathological
+    // matrix returns an error instead of looping forever.
+    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d.max(10))
+        .ok_or(BaselineError::EigenFailed)?;
+    let mut order: Vec<usize> = (0..d).collect();
+    // Descending eigenvalue; index breaks ties for determinism.
+    order.sort_by(|&a, &b| {
+        eig.eigenvalues[b]
+            .total_cmp(&eig.eigenvalues[a])
+            .then(a.cmp(&b))
+    });
+    let mut comps = Vec::with_capacity(components * d);
+    let mut values = Vec::with_capacity(components);
+    for &j in order.iter().take(components) {
+        let v = eig.eigenvectors.column(j);
+        let mut big = 0.0f64;
+        for &e in v.iter() {
+            if e.abs() > big.abs() {
+                big = e;
+            }
+        }
+        let sign = if big < 0.0 { -1.0 } else { 1.0 };
+        comps.extend(v.iter().map(|&e| (sign * e) as f32));
+        values.push(eig.eigenvalues[j]);
+    }
+    // Project with the f32-rounded mean that is stored, so `transform` on the
+    // training rows reproduces `embedding` bit for bit.
+    let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let mean64: Vec<f64> = mean.iter().map(|&m| f64::from(m)).collect();
+    let embedding = project(x, d, &mean64, &comps);
+    Ok(Projection {
+        mean,
+        components: comps,
+        eigenvalues: values,
+        embedding,
+        d,
+    })
+}
+
+/// `(x − mean) · componentsᵀ`, accumulated in f64, parallel over rows.
+fn project(x: &[f32], d: usize, mean: &[f64], comps: &[f32]) -> Vec<f32> {
+    let k = comps.len() / d;
+    let mut out = vec![0.0f32; (x.len() / d) * k];
+    out.par_chunks_exact_mut(k.max(1))
+        .zip(x.par_chunks_exact(d))
+        .for_each(|(o, row)| {
+            let centred: Vec<f64> = row
+                .iter()
+                .zip(mean)
+                .map(|(&v, m)| f64::from(v) - m)
+                .collect();
+            for (o, c) in o.iter_mut().zip(comps.chunks_exact(d)) {
+                let s: f64 = centred.iter().zip(c).map(|(a, &b)| a * f64::from(b)).sum();
+                *o = s as f32;
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Rows with independent per-axis noise of the given standard deviations
+    /// (sum of 12 uniforms − 6 ≈ standard normal).
+    fn axis_noise(n: usize, stds: &[f32], seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .flat_map(|_| stds.to_vec())
+            .map(|s| s * ((0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0))
+            .collect()
+    }
+
+    #[test]
+    fn cpca_finds_the_salient_axis_pca_does_not() {
+        // Target: big variance on axis 0 (shared with the reference),
+        // moderate variance on axis 1 (target only), noise on axis 2.
+        let target = axis_noise(500, &[5.0, 2.0, 0.5], 1);
+        let reference = axis_noise(500, &[5.0, 0.5, 0.5], 2);
+        let p = pca(&target, 500, 3, 1).unwrap();
+        assert!(p.components[0].abs() > 0.99, "{:?}", p.components);
+        for alpha in [1.0, 2.0, 10.0] {
+            let c = cpca(&target, &reference, 3, 1, alpha).unwrap();
+            assert!(
+                c.components[1].abs() > 0.99,
+                "alpha {alpha}: {:?}",
+                c.components
+            );
+            assert_eq!(c.embedding.len(), 500);
+        }
+        // alpha = 0 is PCA of the target.
+        let c0 = cpca(&target, &reference, 3, 1, 0.0).unwrap();
+        assert_eq!(c0.components, p.components);
+    }
+
+    /// Fixed 8 × 4 matrix `X[i][j] = ((3i + 5j + i·j) % 7) − j/2`, reproduced
+    /// in numpy 2.4.6 as
+    /// `w, v = np.linalg.eigh(np.cov(X.T)); w[::-1]` (eigenvalues) and
+    /// `(X − X.mean(0)) @ v[:, ::-1]` with each column's largest-|·| loading
+    /// made positive (embedding). For cPCA the reference is
+    /// `R[i][j] = ((2i + j + 3·i·j) % 5) · 0.5` with `alpha = 3` (one negative eigenvalue).
+    fn fixture_matrix(rows: usize) -> Vec<f32> {
+        (0..rows)
+            .flat_map(|i| {
+                (0..4).map(move |j| ((3 * i + 5 * j + i * j) % 7) as f32 - j as f32 / 2.0)
+            })
+            .collect()
+    }
+    fn fixture_reference(rows: usize) -> Vec<f32> {
+        (0..rows)
+            .flat_map(|i| (0..4).map(move |j| ((2 * i + j + 3 * i * j) % 5) as f32 * 0.5))
+            .collect()
+    }
+    const NUMPY_PCA_EIGENVALUES: [f64; 4] = [
+        9.165191018985498,
+        5.715404434978306,
+        2.1634833002893887,
+        1.0809212457468091,
+    ];
+    const NUMPY_PCA_EMBEDDING_2: [f64; 16] = [
+        -2.9080510238278148,
+        1.9722774835247383,
+        -2.1690655155956584,
+        -2.4781482261689987,
+        5.279573918972066,
+        3.0008661050577947,
+        1.3785578838809083,
+        0.820433696641488,
+        2.1175433921130646,
+        -3.629992013052249,
+        -2.3911504348107058,
+        0.13491031441450801,
+        1.6006428030959556,
+        -1.7926248439420192,
+        -2.9080510238278148,
+        1.9722774835247383,
+    ];
+    const NUMPY_CPCA_EIGENVALUES: [f64; 4] = [
+        8.150322094208374,
+        5.497830600454337,
+        0.732126092637542,
+        -1.255278787300258,
+    ];
+    const NUMPY_CPCA_EMBEDDING_2: [f64; 16] = [
+        -2.957136480257178,
+        1.9377015193282476,
+        -2.2481456223342517,
+        -2.3609133587799658,
+        5.213218353871603,
+        3.1316783165835185,
+        1.4961183311294435,
+        0.6711200801427104,
+        2.205109189052369,
+        -3.6274947979655026,
+        -2.2086444909302307,
+        0.11919986375876337,
+        1.456617199725422,
+        -1.8089931423960186,
+        -2.957136480257178,
+        1.9377015193282476,
+    ];
+
+    #[test]
+    fn pca_matches_numpy() {
+        let x = fixture_matrix(8);
+        let p = pca(&x, 8, 4, 4).unwrap();
+        for (g, e) in p.eigenvalues.iter().zip(NUMPY_PCA_EIGENVALUES) {
+            assert!((g - e).abs() < 1e-9 * e.abs().max(1.0), "{g} vs {e}");
+        }
+        let p2 = pca(&x, 8, 4, 2).unwrap();
+        for (g, e) in p2.embedding.iter().zip(NUMPY_PCA_EMBEDDING_2) {
+            assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+        }
+        // Directions are orthonormal.
+        for a in 0..4 {
+            for b in 0..4 {
+                let dot: f32 = (0..4)
+                    .map(|j| p.components[a * 4 + j] * p.components[b * 4 + j])
+                    .sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-6);
+            }
+        }
+        // Total variance is preserved.
+        let total: f64 = p.eigenvalues.iter().sum();
+        assert!((total - NUMPY_PCA_EIGENVALUES.iter().sum::<f64>()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpca_matches_numpy() {
+        let t = fixture_matrix(8);
+        let r = fixture_reference(10);
+        let c = cpca(&t, &r, 4, 4, 3.0).unwrap();
+        for (g, e) in c.eigenvalues.iter().zip(NUMPY_CPCA_EIGENVALUES) {
+            assert!((g - e).abs() < 1e-9 * e.abs().max(1.0), "{g} vs {e}");
+        }
+        let c2 = cpca(&t, &r, 4, 2, 3.0).unwrap();
+        for (g, e) in c2.embedding.iter().zip(NUMPY_CPCA_EMBEDDING_2) {
+            assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn transform_reproduces_embedding_and_is_thread_independent() {
+        let x = axis_noise(3000, &[3.0, 1.0, 2.0, 0.1, 0.5], 9);
+        let p = pca(&x, 3000, 5, 3).unwrap();
+        assert_eq!(p.transform(&x).unwrap(), p.embedding);
+        assert_eq!(p.n_components(), 3);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| pca(&x, 3000, 5, 3).unwrap()), p);
+    }
+
+    #[test]
+    fn one_dimension() {
+        let p = pca(&[1.0, 2.0, 3.0, 4.0], 4, 1, 1).unwrap();
+        assert_eq!(p.components, vec![1.0]);
+        assert!((p.eigenvalues[0] - 5.0 / 3.0).abs() < 1e-12);
+        assert_eq!(p.embedding, vec![-1.5, -0.5, 0.5, 1.5]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let x = [0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(pca(&x, 3, 0, 1), Err(BaselineError::ZeroDimension));
+        assert!(matches!(
+            pca(&x, 2, 2, 1),
+            Err(BaselineError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            pca(&x[..2], 1, 2, 1),
+            Err(BaselineError::TooFewRows { n: 1, .. })
+        ));
+        assert!(matches!(
+            pca(&[], 0, 2, 1),
+            Err(BaselineError::TooFewRows { n: 0, .. })
+        ));
+        assert_eq!(pca(&x, 3, 2, 0), Err(BaselineError::ZeroComponents));
+        assert_eq!(
+            pca(&x, 3, 2, 3),
+            Err(BaselineError::TooManyComponents {
+                components: 3,
+                d: 2
+            })
+        );
+        let mut bad = x;
+        bad[3] = f32::NAN;
+        assert_eq!(
+            pca(&bad, 3, 2, 1),
+            Err(BaselineError::NonFinite {
+                which: "x",
+                row: 1,
+                col: 1
+            })
+        );
+        assert!(matches!(
+            cpca(&x, &bad, 2, 1, 1.0),
+            Err(BaselineError::NonFinite {
+                which: "reference",
+                ..
+            })
+        ));
+        assert!(matches!(
+            cpca(&x, &x[..5], 2, 1, 1.0),
+            Err(BaselineError::ShapeMismatch {
+                which: "reference",
+                ..
+            })
+        ));
+        assert_eq!(
+            cpca(&x, &x, 2, 1, -1.0),
+            Err(BaselineError::InvalidAlpha(-1.0))
+        );
+        assert!(matches!(
+            cpca(&x, &x, 2, 1, f64::NAN),
+            Err(BaselineError::InvalidAlpha(_))
+        ));
+        assert_eq!(cpca(&x, &x, 0, 1, 1.0), Err(BaselineError::ZeroDimension));
+        let p = pca(&x, 3, 2, 1).unwrap();
+        assert!(matches!(
+            p.transform(&x[..3]),
+            Err(BaselineError::ShapeMismatch { .. })
+        ));
+    }
+
+    /// MNIST-sized check: 784 dimensions. Ignored by default because debug
+    /// builds are slow; run with
+    /// `cargo test --release -- --ignored pca_784 --nocapture`.
+    #[test]
+    #[ignore]
+    fn pca_784_timing() {
+        let (n, d) = (10_000, 784);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>()).collect();
+        let t = std::time::Instant::now();
+        let mean = column_mean(&x, d);
+        let cov = covariance(&x, d, &mean);
+        let t_cov = t.elapsed();
+        let t = std::time::Instant::now();
+        let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d).unwrap();
+        let t_eig = t.elapsed();
+        println!("n={n} d={d}: covariance {t_cov:?}, eigen {t_eig:?}");
+        assert_eq!(eig.eigenvalues.len(), d);
+        let t = std::time::Instant::now();
+        let p = pca(&x, n, d, 50).unwrap();
+        println!("full pca(50 components): {:?}", t.elapsed());
+        assert_eq!(p.embedding.len(), n * 50);
+    }
+}

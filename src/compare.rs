@@ -1,0 +1,225 @@
+//! `salient compare`: the baselines and cIDFD on the same data and seeds, in one table
+//! (METHOD.md's evaluation protocol): k-means on raw pixels, PCA + k-means, contrastive PCA +
+//! k-means (reported per α, since picking α by the labels would be cheating), IDFD on the target
+//! set alone, and cIDFD.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::baselines::{cpca, pca};
+use crate::data::{probe_table_shape, LabelRequirement, ReaderOptions, SizePolicy};
+use crate::error::{Error, Result};
+use crate::evaluate::cluster_and_score;
+use crate::metrics::ClusterScores;
+use crate::train::job::{self, TrainJob};
+use crate::train::{ImageSet, Method, TrainConfig};
+
+/// The methods `compare` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompareMethod {
+    Raw,
+    Pca,
+    Cpca,
+    Idfd,
+    Cidfd,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompareJob {
+    pub target: String,
+    pub reference: String,
+    pub clusters: usize,
+    pub seeds: usize,
+    pub methods: Vec<CompareMethod>,
+    /// Components kept by PCA and cPCA.
+    pub components: usize,
+    /// The α grid of contrastive PCA.
+    pub cpca_alphas: Vec<f64>,
+    /// Settings of the IDFD and cIDFD runs (method and seed are set per run).
+    pub train: TrainConfig,
+    /// Where the trained models go (one directory per method and seed).
+    pub work_dir: PathBuf,
+    pub size: SizePolicy,
+}
+
+/// Mean and standard deviation over seeds, in the shape of `evaluate`'s JSON plus `*_std`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub acc: f64,
+    pub nmi: f64,
+    pub ari: f64,
+    pub acc_std: f64,
+    pub nmi_std: f64,
+    pub ari_std: f64,
+    pub n: usize,
+    pub seeds: usize,
+}
+
+impl Summary {
+    pub fn of(runs: &[ClusterScores]) -> Self {
+        let stat = |f: fn(&ClusterScores) -> f64| {
+            let n = runs.len().max(1) as f64;
+            let mean = runs.iter().map(f).sum::<f64>() / n;
+            let var = runs.iter().map(|r| (f(r) - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            (mean, var.sqrt())
+        };
+        let (acc, acc_std) = stat(|r| r.acc);
+        let (nmi, nmi_std) = stat(|r| r.nmi);
+        let (ari, ari_std) = stat(|r| r.ari);
+        Self {
+            acc,
+            nmi,
+            ari,
+            acc_std,
+            nmi_std,
+            ari_std,
+            n: runs.first().map_or(0, |r| r.n),
+            seeds: runs.len(),
+        }
+    }
+}
+
+/// Runs every method for every seed; the result maps a row name (e.g. `cpca(a=2)`) to its summary.
+pub fn run(job: &CompareJob) -> Result<BTreeMap<String, Summary>> {
+    let options = ReaderOptions {
+        labels: LabelRequirement::Ignore,
+        ..Default::default()
+    };
+    let shape = probe_table_shape(&job.target, &options)?;
+    let target = ImageSet::load(&job.target, shape, LabelRequirement::Required, job.size)?;
+    let labels = target.complete_labels().ok_or_else(|| {
+        Error::Invalid(format!(
+            "`{}`: every target row needs a label to compare methods",
+            job.target
+        ))
+    })?;
+    let needs_reference = job.methods.iter().any(|m| matches!(m, CompareMethod::Cpca));
+    let reference = if needs_reference {
+        Some(ImageSet::load(
+            &job.reference,
+            shape,
+            LabelRequirement::Ignore,
+            job.size,
+        )?)
+    } else {
+        None
+    };
+    let d = shape.len();
+    let to_floats = |set: &ImageSet| {
+        set.pixels
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect::<Vec<f32>>()
+    };
+    let x = to_floats(&target);
+    let mut runs: BTreeMap<String, Vec<ClusterScores>> = BTreeMap::new();
+    let restarts = job.train.kmeans_restarts;
+    let k = job.clusters;
+
+    // Linear projections do not depend on the seed; only k-means does.
+    let pca_embedding = if job.methods.contains(&CompareMethod::Pca) {
+        Some(pca(&x, target.len(), d, job.components)?.embedding)
+    } else {
+        None
+    };
+    let cpca_embeddings: Vec<(f64, Vec<f32>)> =
+        match (&reference, job.methods.contains(&CompareMethod::Cpca)) {
+            (Some(reference), true) => {
+                let b = to_floats(reference);
+                job.cpca_alphas
+                    .iter()
+                    .map(|&alpha| Ok((alpha, cpca(&x, &b, d, job.components, alpha)?.embedding)))
+                    .collect::<Result<_>>()?
+            }
+            _ => Vec::new(),
+        };
+
+    for seed in 0..job.seeds as u64 {
+        for method in &job.methods {
+            match method {
+                CompareMethod::Raw => {
+                    let (_, s) = cluster_and_score(&x, d, Some(&labels), k, restarts, seed)?;
+                    push(&mut runs, "raw", s);
+                }
+                CompareMethod::Pca => {
+                    if let Some(e) = &pca_embedding {
+                        let (_, s) =
+                            cluster_and_score(e, job.components, Some(&labels), k, restarts, seed)?;
+                        push(&mut runs, &format!("pca({})", job.components), s);
+                    }
+                }
+                CompareMethod::Cpca => {
+                    for (alpha, e) in &cpca_embeddings {
+                        let (_, s) =
+                            cluster_and_score(e, job.components, Some(&labels), k, restarts, seed)?;
+                        push(&mut runs, &format!("cpca({},a={alpha})", job.components), s);
+                    }
+                }
+                CompareMethod::Idfd | CompareMethod::Cidfd => {
+                    let method_name = if *method == CompareMethod::Idfd {
+                        "idfd"
+                    } else {
+                        "cidfd"
+                    };
+                    let config = TrainConfig {
+                        method: if *method == CompareMethod::Idfd {
+                            Method::Idfd
+                        } else {
+                            Method::Cidfd
+                        },
+                        seed,
+                        clusters: Some(k),
+                        ..job.train.clone()
+                    };
+                    let train = TrainJob {
+                        target: job.target.clone(),
+                        reference: Some(job.reference.clone()),
+                        out: job.work_dir.join(format!("{method_name}-seed{seed}")),
+                        config,
+                        resume: false,
+                        size: job.size,
+                        device: candle_core::Device::Cpu,
+                    };
+                    tracing::info!(method = method_name, seed, "training");
+                    let report = job::run(&train)?;
+                    let s = report.metrics.ok_or_else(|| {
+                        Error::Invalid("internal: training on labelled data gave no metrics".into())
+                    })?;
+                    push(&mut runs, method_name, Some(s));
+                }
+            }
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|(name, r)| (name, Summary::of(&r)))
+        .collect())
+}
+
+fn push(
+    runs: &mut BTreeMap<String, Vec<ClusterScores>>,
+    name: &str,
+    scores: Option<ClusterScores>,
+) {
+    if let Some(s) = scores {
+        runs.entry(name.to_string()).or_default().push(s);
+    }
+}
+
+/// The comparison as a text table.
+pub fn format_table(rows: &BTreeMap<String, Summary>) -> String {
+    let mut out = format!(
+        "{:<22} {:>15} {:>15} {:>15} {:>6} {:>5}\n",
+        "method", "ACC", "NMI", "ARI", "n", "seeds"
+    );
+    for (name, s) in rows {
+        out.push_str(&format!(
+            "{:<22} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>6} {:>5}\n",
+            name, s.acc, s.acc_std, s.nmi, s.nmi_std, s.ari, s.ari_std, s.n, s.seeds
+        ));
+    }
+    out
+}

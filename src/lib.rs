@@ -1,0 +1,27 @@
+//! salient: cluster images by what matters in them, not by their background.
+//!
+//! The crate is organised one module per concept:
+//! * [`data`]: the input contract, streaming Parquet reading and image decoding;
+//! * [`datasets`]: the bundled datasets with characteristic backgrounds;
+//! * [`model`]: the candle encoders;
+//! * [`train`]: cIDFD training (augmentation, losses, memory banks, optimiser, the loop);
+//! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
+//! * [`baselines`]: PCA and contrastive PCA;
+//! * [`manifest`]: the model directory;
+//! * [`atomic`]: all-or-nothing file output;
+//! * [`error`]: the typed errors every module returns.
+
+pub mod atomic;
+pub mod baselines;
+pub mod cluster;
+pub mod compare;
+pub mod data;
+pub mod datasets;
+pub mod error;
+pub mod evaluate;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod train;
+
+pub use error::{Error, Result};

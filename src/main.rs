@@ -1,0 +1,359 @@
+//! The `salient` command line. Errors are typed in the library and reported here, once, with
+//! their context; the exit status tells a scheduler what happened (see [`ExitCode`]s below).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use salient::compare::{self, CompareJob, CompareMethod};
+use salient::data::SizePolicy;
+use salient::datasets::{self, DatasetName};
+use salient::model::Architecture;
+use salient::train::job::{self, TrainJob};
+use salient::train::{Method, TrainConfig};
+
+/// Exit status for errors caused by input, configuration or the environment.
+const EXIT_FAILURE: u8 = 1;
+/// Exit status for command-line usage errors (clap uses 2 as well).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "salient",
+    version,
+    about = "Cluster images by what matters in them, not by their background (contrastive IDFD)"
+)]
+struct Cli {
+    /// Log format on stderr: human-readable text, or JSON lines for schedulers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build or list the bundled datasets with characteristic backgrounds.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+    /// Train a model on a target table (and a reference table of backgrounds), fit k-means, and
+    /// write the model directory.
+    Train(TrainArgs),
+    /// Score a model's clusters against a labelled table (ACC, NMI, ARI).
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: String,
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[arg(long)]
+        resize: bool,
+    },
+    /// Run the baselines (raw, PCA, contrastive PCA) and IDFD / cIDFD on the same data and seeds.
+    Compare(CompareArgs),
+    /// The README's main job on the bundled data; prints where everything went.
+    Quickstart {
+        /// Where the quickstart writes its outputs.
+        #[arg(long, default_value = "out/quickstart")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Target table: a Parquet file, a directory of them, or a glob.
+    #[arg(long)]
+    target: String,
+    /// Reference table of background-only images (needed by cIDFD).
+    #[arg(long)]
+    reference: Option<String>,
+    /// The model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Settings file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    #[arg(long, value_enum)]
+    architecture: Option<Architecture>,
+    /// Number of clusters (default: the number of labels, else 10).
+    #[arg(long)]
+    clusters: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Evaluate every N epochs when the target has labels (ACC per epoch in the training log).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Continue from the model directory's last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Resize images whose size differs from the first image's instead of refusing them.
+    #[arg(long)]
+    resize: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let mut config = match &self.config {
+            Some(path) => TrainConfig::from_toml_file(path)?,
+            None => TrainConfig::default(),
+        };
+        if let Some(v) = self.method {
+            config.method = v;
+        }
+        if let Some(v) = self.architecture {
+            config.architecture = v;
+        }
+        if self.clusters.is_some() {
+            config.clusters = self.clusters;
+        }
+        if let Some(v) = self.epochs {
+            config.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            config.batch_size = v;
+        }
+        if let Some(v) = self.seed {
+            config.seed = v;
+        }
+        if let Some(v) = self.eval_every {
+            config.eval_every = v;
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    reference: String,
+    #[arg(long)]
+    clusters: usize,
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    #[arg(long, value_delimiter = ',', default_value = "raw,pca,cpca,idfd,cidfd")]
+    methods: Vec<CompareMethod>,
+    /// Components kept by PCA and contrastive PCA.
+    #[arg(long, default_value_t = 20)]
+    components: usize,
+    /// The alpha grid of contrastive PCA (each alpha is reported on its own row).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2,5,10")]
+    cpca_alphas: Vec<f64>,
+    /// Settings of the IDFD / cIDFD runs (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Where the trained models go.
+    #[arg(long, default_value = "out/compare")]
+    work_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetsCommand {
+    /// Write DIR/NAME/target.parquet and DIR/NAME/reference.parquet.
+    Build {
+        name: DatasetName,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where fetched sources (Fashion-MNIST) live; default $SALIENT_DATA_DIR or ~/.cache/salient/data.
+        #[arg(long)]
+        sources: Option<PathBuf>,
+        /// Keep only the first N target images (after shuffling) and N references.
+        #[arg(long)]
+        rows: Option<usize>,
+    },
+    /// List the datasets salient can build.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SALIENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Datasets { command } => match command {
+            DatasetsCommand::Build {
+                name,
+                out,
+                seed,
+                sources,
+                rows,
+            } => {
+                let sources = sources.unwrap_or_else(datasets::default_sources_dir);
+                let built = datasets::build_with_rows(name, &out, seed, &sources, rows)
+                    .with_context(|| format!("building dataset {name}"))?;
+                println!(
+                    "{name}: {} target rows -> {}",
+                    built.target_rows,
+                    built.target.display()
+                );
+                println!(
+                    "{name}: {} reference rows -> {}",
+                    built.reference_rows,
+                    built.reference.display()
+                );
+                Ok(())
+            }
+            DatasetsCommand::List => {
+                for name in DatasetName::value_variants() {
+                    println!(
+                        "{:<18} k={:<3} {}",
+                        name.as_str(),
+                        name.classes(),
+                        name.description()
+                    );
+                }
+                Ok(())
+            }
+        },
+        Command::Train(args) => {
+            let job = TrainJob {
+                target: args.target.clone(),
+                reference: args.reference.clone(),
+                out: args.out.clone(),
+                config: args.config()?,
+                resume: args.resume,
+                size: if args.resize {
+                    SizePolicy::Resize
+                } else {
+                    SizePolicy::Exact
+                },
+                device: candle_core::Device::Cpu,
+            };
+            let report = job::run(&job).context("training failed")?;
+            println!("model: {}", report.out.display());
+            println!(
+                "trained {} epochs in {:.0} s ({:.0} images/s), k = {}, d = {}",
+                report.epochs, report.seconds, report.images_per_second, report.k, report.d
+            );
+            if let Some(m) = report.metrics {
+                println!(
+                    "clusters vs labels: ACC {:.4}  NMI {:.4}  ARI {:.4}  (n = {})",
+                    m.acc, m.nmi, m.ari, m.n
+                );
+            }
+            Ok(())
+        }
+        Command::Evaluate {
+            model,
+            input,
+            label_column,
+            format,
+            resize,
+        } => {
+            let size = if resize {
+                SizePolicy::Resize
+            } else {
+                SizePolicy::Exact
+            };
+            let scores = salient::evaluate::evaluate_model(&model, &input, &label_column, size)
+                .with_context(|| format!("evaluating {} on {input}", model.display()))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&scores)?),
+                Format::Text => println!(
+                    "ACC {:.4}  NMI {:.4}  ARI {:.4}  (n = {})",
+                    scores.acc, scores.nmi, scores.ari, scores.n
+                ),
+            }
+            Ok(())
+        }
+        Command::Compare(args) => {
+            let mut train = match &args.config {
+                Some(path) => TrainConfig::from_toml_file(path)?,
+                None => TrainConfig::default(),
+            };
+            if let Some(e) = args.epochs {
+                train.epochs = e;
+            }
+            let job = CompareJob {
+                target: args.target,
+                reference: args.reference,
+                clusters: args.clusters,
+                seeds: args.seeds,
+                methods: args.methods,
+                components: args.components,
+                cpca_alphas: args.cpca_alphas,
+                train,
+                work_dir: args.work_dir,
+                size: SizePolicy::Exact,
+            };
+            let rows = compare::run(&job).context("comparison failed")?;
+            match args.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Text => print!("{}", compare::format_table(&rows)),
+            }
+            Ok(())
+        }
+        Command::Quickstart { out, seed } => {
+            let sources = datasets::default_sources_dir();
+            let built = datasets::build(DatasetName::MnistGrass, &out, seed, &sources)?;
+            println!(
+                "dataset: {} and {}",
+                built.target.display(),
+                built.reference.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Training settings: every constant of METHOD.md and every cIDFD knob, with its default.
+//! Read from a TOML file (`--config`) and overridden by command-line flags.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::augment::AugmentConfig;
+use crate::error::{Error, Result};
+use crate::model::Architecture;
+
+/// Which method to train. IDFD is cIDFD's degenerate setting (λ = 0, no reference data), not a
+/// second code path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    #[default]
+    Cidfd,
+    Idfd,
+}
+
+/// How memory banks start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BankInit {
+    /// IDFD's U(−a, a).
+    #[default]
+    Random,
+    /// Embeddings of the un-augmented images by the freshly initialised encoders.
+    FirstPass,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub architecture: Architecture,
+    /// Salient embedding dimension d_s.
+    pub dim_salient: usize,
+    /// Background embedding dimension d_z.
+    pub dim_background: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Epochs (as fractions of `epochs`) at which the learning rate is multiplied by `lr_gamma`;
+    /// IDFD's 600/950/1300/1650 of 2000.
+    pub lr_milestones: Vec<f64>,
+    pub lr_gamma: f64,
+    /// Linear learning-rate warm-up over this many epochs (0: none).
+    pub warmup_epochs: usize,
+    /// Instance-discrimination temperature τ.
+    pub tau: f64,
+    /// Feature-decorrelation temperature τ₂.
+    pub tau2: f64,
+    /// Weight α of feature decorrelation.
+    pub alpha: f64,
+    /// Weight λ of the background similarity in the target logits.
+    pub lambda: f64,
+    /// Weight β of the reference-salient term 1 − ‖mean s(b)‖².
+    pub beta: f64,
+    /// Weight of the salient/background cross-covariance penalty on target batches.
+    pub gamma_xcov: f64,
+    /// One softmax over a joint bank of target and reference rows (reference rows have a zero
+    /// salient part) instead of separate banks.
+    pub joint_bank: bool,
+    /// Feature decorrelation on z (over the target and reference batches) as well as on s.
+    pub fd_background: bool,
+    pub bank_momentum: f64,
+    pub bank_init: BankInit,
+    pub augment: AugmentConfig,
+    /// k of k-means; default: the number of distinct labels if present, else 10.
+    pub clusters: Option<usize>,
+    pub kmeans_restarts: usize,
+    /// Evaluate (k-means + metrics on the un-augmented target set) every N epochs; 0: only at the end.
+    pub eval_every: usize,
+    /// Write a checkpoint every N epochs (0: only at the end).
+    pub checkpoint_every: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Cidfd,
+            architecture: Architecture::SmallCnn,
+            dim_salient: 128,
+            dim_background: 128,
+            epochs: 20,
+            batch_size: 128,
+            lr: 0.03,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            lr_milestones: vec![0.3, 0.475, 0.65, 0.825],
+            lr_gamma: 0.1,
+            warmup_epochs: 0,
+            tau: 1.0,
+            tau2: 2.0,
+            alpha: 1.0,
+            lambda: 1.0,
+            beta: 5.0,
+            gamma_xcov: 0.0,
+            joint_bank: false,
+            fd_background: false,
+            bank_momentum: 0.5,
+            bank_init: BankInit::Random,
+            augment: AugmentConfig::default(),
+            clusters: None,
+            kmeans_restarts: 20,
+            eval_every: 0,
+            checkpoint_every: 5,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The learning rate for `epoch` (0-based, fractional within the epoch).
+    pub fn lr_at(&self, epoch: f64) -> f64 {
+        let mut lr = self.lr;
+        if self.warmup_epochs > 0 && epoch < self.warmup_epochs as f64 {
+            lr *= (epoch + 1e-3) / self.warmup_epochs as f64;
+        }
+        for &m in &self.lr_milestones {
+            if epoch >= m * self.epochs as f64 {
+                lr *= self.lr_gamma;
+            }
+        }
+        lr
+    }
+
+    /// Whether this run uses the background encoder and the reference set.
+    pub fn uses_reference(&self) -> bool {
+        self.method == Method::Cidfd
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Invalid(format!("invalid training setting: {m}")));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1");
+        }
+        if self.batch_size < 2 {
+            return bad(
+                "batch_size must be at least 2 (batch norm and decorrelation need a batch)",
+            );
+        }
+        if self.dim_salient == 0 || self.dim_background == 0 {
+            return bad("embedding dimensions must be positive");
+        }
+        if self.tau.is_nan() || self.tau2.is_nan() || self.tau <= 0.0 || self.tau2 <= 0.0 {
+            return bad("tau and tau2 must be positive");
+        }
+        if !(0.0..1.0).contains(&self.bank_momentum) {
+            return bad("bank_momentum must be in [0, 1)");
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return bad("lr must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_scales_idfd_milestones_to_the_epochs_run() {
+        let c = TrainConfig {
+            epochs: 2000,
+            ..Default::default()
+        };
+        assert!((c.lr_at(0.0) - 0.03).abs() < 1e-12);
+        assert!((c.lr_at(599.0) - 0.03).abs() < 1e-12);
+        assert!((c.lr_at(600.0) - 0.003).abs() < 1e-12);
+        assert!((c.lr_at(1700.0) - 0.03 * 1e-4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: TrainConfig =
+            toml::from_str("epochs = 3\nlambda = 0.5\n[augment]\ncrop_scale = [0.5, 1.0]").unwrap();
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.lambda, 0.5);
+        assert_eq!(c.augment.crop_scale, (0.5, 1.0));
+        assert_eq!(c.tau, 1.0);
+        assert!(toml::from_str::<TrainConfig>("epohcs = 3").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! `salient train`: read the tables, train, cluster, and write the model directory, with
+//! progress on a terminal, `tracing` logs otherwise, a CSV training log and checkpoints.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{EpochStats, ImageSet, Normalization, TrainConfig, Trainer};
+use crate::data::source::{parquet_fingerprint, resolve_parquet_files};
+use crate::data::{probe_table_shape, LabelRequirement, ReaderOptions, SizePolicy};
+use crate::error::{Error, Result};
+use crate::evaluate::cluster_and_score;
+use crate::manifest::{
+    sha256_file, FileFingerprint, InputSpec, Manifest, TrainingData, CENTROIDS_TENSOR,
+    CHECKPOINT_FILE, TRAINING_LOG_FILE, WEIGHTS_FILE,
+};
+use crate::metrics::ClusterScores;
+
+/// Everything `salient train` needs.
+#[derive(Clone, Debug)]
+pub struct TrainJob {
+    pub target: String,
+    pub reference: Option<String>,
+    pub out: PathBuf,
+    pub config: TrainConfig,
+    /// Continue from `out/checkpoint.safetensors` when it exists.
+    pub resume: bool,
+    pub size: SizePolicy,
+    pub device: Device,
+}
+
+/// What a training run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    pub epochs: usize,
+    pub k: usize,
+    pub d: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub metrics: Option<ClusterScores>,
+}
+
+/// One row of `training_log.csv` (the csv crate cannot flatten nested structs).
+#[derive(Serialize)]
+struct LogRow {
+    epoch: usize,
+    lr: f64,
+    loss: f32,
+    id_target: f32,
+    id_reference: f32,
+    fd: f32,
+    reference_salient: f32,
+    xcov: f32,
+    seconds: f64,
+    images_per_second: f64,
+    acc: Option<f64>,
+    nmi: Option<f64>,
+    ari: Option<f64>,
+}
+
+fn fingerprints(spec: &str) -> Result<Vec<FileFingerprint>> {
+    resolve_parquet_files(spec)?
+        .into_iter()
+        .map(|path| {
+            let footer_sha256 = parquet_fingerprint(&path)?;
+            Ok(FileFingerprint {
+                path,
+                footer_sha256,
+            })
+        })
+        .collect()
+}
+
+pub fn run(job: &TrainJob) -> Result<TrainReport> {
+    let config = &job.config;
+    config.validate()?;
+    let started = Instant::now();
+    let options = ReaderOptions {
+        labels: LabelRequirement::Ignore,
+        ..Default::default()
+    };
+    let shape = probe_table_shape(&job.target, &options)?;
+    tracing::info!(target = %job.target, %shape, "reading the target table");
+    // Labels are loaded for evaluation only; the training step never sees them.
+    let target = ImageSet::load(&job.target, shape, LabelRequirement::Optional, job.size)?;
+    // IDFD reads the reference set only for the reference-overlay augmentation.
+    let wants_reference = config.uses_reference() || config.augment.overlay_p > 0.0;
+    let reference = match (&job.reference, config.uses_reference()) {
+        (Some(spec), _) if wants_reference => {
+            tracing::info!(reference = %spec, "reading the reference table");
+            Some(ImageSet::load(spec, shape, LabelRequirement::Ignore, job.size)?)
+        }
+        (None, true) => {
+            return Err(Error::Invalid(
+                "cIDFD needs a reference table of background-only images (--reference); use --method idfd to train without one".into(),
+            ))
+        }
+        _ => None,
+    };
+    let labels = target.complete_labels();
+    let k = config.clusters.unwrap_or_else(|| {
+        labels
+            .as_ref()
+            .map(|l| l.iter().collect::<std::collections::BTreeSet<_>>().len())
+            .filter(|&n| n >= 2)
+            .unwrap_or(10)
+    });
+    if k > target.len() {
+        return Err(Error::Invalid(format!(
+            "{k} clusters asked for but the target table has only {} rows",
+            target.len()
+        )));
+    }
+    let norm = Normalization::fit(&target.pixels, shape);
+    let mut trainer = Trainer::new(
+        config.clone(),
+        shape,
+        norm.clone(),
+        target.len(),
+        reference.as_ref().map_or(0, ImageSet::len),
+        job.device.clone(),
+    )?;
+    std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
+    let checkpoint = job.out.join(CHECKPOINT_FILE);
+    let log_path = job.out.join(TRAINING_LOG_FILE);
+    if job.resume && checkpoint.exists() {
+        trainer.load_checkpoint(&checkpoint)?;
+        tracing::info!(
+            epoch = trainer.epoch,
+            "resumed from {}",
+            checkpoint.display()
+        );
+    } else {
+        if config.bank_init == super::BankInit::FirstPass {
+            trainer.init_banks_from_first_pass(&target, reference.as_ref())?;
+        }
+        // A fresh run starts a fresh log.
+        let _ = std::fs::remove_file(&log_path);
+    }
+
+    let steps = (target.len() / config.batch_size.min(target.len())).max(1);
+    let bar = progress_bar(config.epochs, trainer.epoch, steps);
+    let mut images_per_second = 0.0;
+    while trainer.epoch < config.epochs {
+        let epoch = trainer.epoch + 1;
+        let last = trainer.train_epoch(&target, reference.as_ref(), |step, steps, stats| {
+            if let Some(bar) = &bar {
+                bar.set_position(((epoch - 1) * steps + step + 1) as u64);
+                bar.set_message(format!("epoch {epoch} loss {:.4}", stats.loss));
+            }
+        })?;
+        images_per_second = last.images_per_second;
+        let evaluate_now =
+            config.eval_every > 0 && epoch % config.eval_every == 0 && epoch < config.epochs;
+        let scores = match (&labels, evaluate_now) {
+            (Some(labels), true) => {
+                let embeddings = trainer.embed(&target)?;
+                let restarts = config.kmeans_restarts.min(5);
+                cluster_and_score(
+                    &embeddings,
+                    config.dim_salient,
+                    Some(labels),
+                    k,
+                    restarts,
+                    config.seed,
+                )?
+                .1
+            }
+            _ => None,
+        };
+        append_log(&log_path, &last, scores.as_ref())?;
+        tracing::info!(
+            epoch,
+            loss = last.loss,
+            id_target = last.id_target,
+            id_reference = last.id_reference,
+            fd = last.fd,
+            reference_salient = last.reference_salient,
+            lr = last.lr,
+            images_per_second = format!("{:.0}", last.images_per_second),
+            acc = scores.as_ref().map(|s| format!("{:.4}", s.acc)),
+            "epoch done"
+        );
+        let checkpoint_now = config.checkpoint_every > 0 && epoch % config.checkpoint_every == 0;
+        if checkpoint_now || epoch == config.epochs {
+            trainer.save_checkpoint(&checkpoint)?;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    // k-means on the salient embeddings of the un-augmented target images.
+    let embeddings = trainer.embed(&target)?;
+    let (fit, metrics) = cluster_and_score(
+        &embeddings,
+        config.dim_salient,
+        labels.as_deref(),
+        k,
+        config.kmeans_restarts,
+        config.seed,
+    )?;
+    if let Some(m) = &metrics {
+        tracing::info!(
+            acc = m.acc,
+            nmi = m.nmi,
+            ari = m.ari,
+            n = m.n,
+            "clusters against the labels"
+        );
+    }
+    write_model(
+        job,
+        &trainer,
+        &fit.centroids,
+        k,
+        shape,
+        norm,
+        &target,
+        reference.as_ref(),
+        metrics,
+    )?;
+    Ok(TrainReport {
+        out: job.out.clone(),
+        epochs: trainer.epoch,
+        k,
+        d: config.dim_salient,
+        seconds: started.elapsed().as_secs_f64(),
+        images_per_second,
+        metrics,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_model(
+    job: &TrainJob,
+    trainer: &Trainer,
+    centroids: &[f32],
+    k: usize,
+    shape: crate::data::ImageShape,
+    norm: Normalization,
+    target: &ImageSet,
+    reference: Option<&ImageSet>,
+    metrics: Option<ClusterScores>,
+) -> Result<()> {
+    let d = trainer.config.dim_salient;
+    let mut tensors = trainer.parameters()?;
+    tensors.insert(
+        CENTROIDS_TENSOR.into(),
+        Tensor::from_slice(centroids, (k, d), &Device::Cpu)?,
+    );
+    let weights = job.out.join(WEIGHTS_FILE);
+    crate::atomic::write_bytes_atomically(&weights, &super::safetensors_bytes(&tensors)?)?;
+    let name = job
+        .out
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let manifest = Manifest {
+        format_version: 1,
+        name,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        method: format!("{:?}", trainer.config.method).to_lowercase(),
+        config: trainer.config.clone(),
+        input: InputSpec {
+            shape,
+            normalization: norm,
+        },
+        k,
+        d,
+        kmeans_on: "fresh".into(),
+        training_data: TrainingData {
+            target: fingerprints(&job.target)?,
+            target_rows: target.len(),
+            reference: match &job.reference {
+                Some(spec) if reference.is_some() => fingerprints(spec)?,
+                _ => Vec::new(),
+            },
+            reference_rows: reference.map_or(0, ImageSet::len),
+        },
+        epochs_trained: trainer.epoch,
+        metrics,
+        weights_sha256: sha256_file(&weights)?,
+    };
+    manifest.write(&job.out)
+}
+
+fn append_log(path: &Path, stats: &EpochStats, scores: Option<&ClusterScores>) -> Result<()> {
+    let exists = path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(!exists)
+        .from_writer(file);
+    writer
+        .serialize(LogRow {
+            epoch: stats.epoch,
+            lr: stats.lr,
+            loss: stats.loss,
+            id_target: stats.id_target,
+            id_reference: stats.id_reference,
+            fd: stats.fd,
+            reference_salient: stats.reference_salient,
+            xcov: stats.xcov,
+            seconds: stats.seconds,
+            images_per_second: stats.images_per_second,
+            acc: scores.map(|s| s.acc),
+            nmi: scores.map(|s| s.nmi),
+            ari: scores.map(|s| s.ari),
+        })
+        .and_then(|_| writer.flush().map_err(csv::Error::from))
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn progress_bar(epochs: usize, done: usize, steps: usize) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new((epochs * steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} ETA {eta}] {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position((done * steps) as u64);
+    Some(bar)
+}

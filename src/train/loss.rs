@@ -1,0 +1,165 @@
+//! The losses of IDFD and cIDFD (METHOD.md): instance discrimination over full memory banks,
+//! feature decorrelation, and the reference-salient term that keeps background-only images
+//! from carrying salient features.
+
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::loss::cross_entropy;
+
+/// Instance discrimination: mean over the batch of −log softmax(logits)[own index], a full
+/// softmax over every bank row (no NCE sampling). `logits` are B×N and already divided by τ;
+/// `targets` (u32, B) are the batch rows' own bank indices.
+pub fn instance_discrimination(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    cross_entropy(logits, targets)
+}
+
+/// Feature decorrelation: L2-normalise each column of the batch matrix F (B×d) over the batch
+/// (no centring), C = FᵀF / τ₂ (d×d), loss = cross_entropy(C, arange(d)).
+pub fn feature_decorrelation(features: &Tensor, tau2: f64) -> Result<Tensor> {
+    let column_norm = features
+        .sqr()?
+        .sum_keepdim(0)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    let f = features.broadcast_div(&column_norm)?;
+    let c = (f.t()?.matmul(&f)? / tau2)?;
+    let d = c.dim(0)?;
+    let targets = Tensor::arange(0u32, d as u32, c.device())?;
+    cross_entropy(&c, &targets)
+}
+
+/// Reference-salient term: 1 − ‖mean_j s_b,j‖². Zero when every background-only image maps to
+/// the same salient direction, so the salient encoder cannot tell backgrounds apart.
+pub fn reference_salient(salient_of_reference: &Tensor) -> Result<Tensor> {
+    let mean = salient_of_reference.mean(0)?;
+    let sq = mean.sqr()?.sum_all()?;
+    Tensor::ones((), DType::F32, sq.device())?.to_dtype(sq.dtype())? - sq
+}
+
+/// Cross-covariance penalty between salient and background features of the same target batch:
+/// ‖Cov(s, z)‖²_F, pushing the two encoders to carry different information.
+pub fn cross_covariance(s: &Tensor, z: &Tensor) -> Result<Tensor> {
+    let b = s.dim(0)? as f64;
+    let s = s.broadcast_sub(&s.mean_keepdim(0)?)?;
+    let z = z.broadcast_sub(&z.mean_keepdim(0)?)?;
+    let cov = (s.t()?.matmul(&z)? / (b - 1.0).max(1.0))?;
+    cov.sqr()?.sum_all()
+}
+
+/// Log-softmax row maxima, for diagnostics: mean probability the model gives each row's own index.
+pub fn own_index_probability(logits: &Tensor, targets: &Tensor) -> Result<f32> {
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = lsm.gather(&targets.unsqueeze(1)?, 1)?;
+    picked
+        .exp()?
+        .mean_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn t(rows: &[&[f64]]) -> Tensor {
+        let d = rows[0].len();
+        let flat: Vec<f64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu).unwrap()
+    }
+
+    fn scalar(x: &Tensor) -> f64 {
+        x.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    #[test]
+    fn instance_discrimination_matches_a_hand_computed_value() {
+        // f = [[1,0],[0,1]], bank = [[1,0],[0,1],[-1,0]], τ = 1: row 0 logits [1,0,-1],
+        // row 1 logits [0,1,0]; CE0 = log(e + 1 + 1/e) − 1, CE1 = log(1 + e + 1) − 1.
+        let f = t(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let bank = t(&[&[1.0, 0.0], &[0.0, 1.0], &[-1.0, 0.0]]);
+        let logits = f.matmul(&bank.t().unwrap()).unwrap();
+        let targets = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
+        let e = std::f64::consts::E;
+        let expected = ((e + 1.0 + 1.0 / e).ln() - 1.0 + (2.0 + e).ln() - 1.0) / 2.0;
+        let got = scalar(&instance_discrimination(&logits, &targets).unwrap());
+        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn feature_decorrelation_matches_a_hand_computed_value() {
+        // F = [[1,1],[0,1]]: columns normalised → c0 = [1,0], c1 = [1,1]/√2.
+        // C = [[1, 1/√2],[1/√2, 1]] / τ₂ with τ₂ = 2 → both rows CE = log(e^{0.5} + e^{1/(2√2)}) − 0.5.
+        let f = t(&[&[1.0, 1.0], &[0.0, 1.0]]);
+        let a = 0.5f64;
+        let b = 1.0 / (2.0 * 2f64.sqrt());
+        let expected = (a.exp() + b.exp()).ln() - a;
+        let got = scalar(&feature_decorrelation(&f, 2.0).unwrap());
+        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn reference_salient_is_zero_for_identical_rows_and_one_for_opposite_rows() {
+        let same = t(&[&[0.6, 0.8], &[0.6, 0.8]]);
+        assert!(scalar(&reference_salient(&same).unwrap()).abs() < 1e-12);
+        let opposite = t(&[&[1.0, 0.0], &[-1.0, 0.0]]);
+        assert!((scalar(&reference_salient(&opposite).unwrap()) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cross_covariance_is_zero_for_independent_columns() {
+        let s = t(&[&[1.0], &[-1.0], &[1.0], &[-1.0]]);
+        let z = t(&[&[1.0], &[1.0], &[-1.0], &[-1.0]]);
+        assert!(scalar(&cross_covariance(&s, &z).unwrap()).abs() < 1e-12);
+        // z = s: Cov = Var(s) = 4/3, squared 16/9.
+        assert!((scalar(&cross_covariance(&s, &s).unwrap()) - 16.0 / 9.0).abs() < 1e-12);
+    }
+
+    /// Central finite differences in f64 against candle's backward pass.
+    fn check_gradient(x0: &Tensor, loss: impl Fn(&Tensor) -> Result<Tensor>) {
+        let var = Var::from_tensor(x0).unwrap();
+        let grads = loss(var.as_tensor()).unwrap().backward().unwrap();
+        let analytic: Vec<f64> = grads
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-6;
+        for i in 0..base.len() {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let x = Tensor::from_vec(v, x0.shape(), &Device::Cpu).unwrap();
+                scalar(&loss(&x).unwrap())
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (numeric - analytic[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                "component {i}: numeric {numeric}, analytic {}",
+                analytic[i]
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_agree_with_finite_differences() {
+        let f = t(&[&[0.3, -0.2, 0.5], &[0.1, 0.4, -0.6], &[-0.7, 0.2, 0.1]]);
+        let bank = t(&[
+            &[0.2, 0.1, -0.3],
+            &[0.5, -0.5, 0.1],
+            &[0.0, 0.3, 0.9],
+            &[-0.4, 0.2, 0.2],
+        ]);
+        let targets = Tensor::new(&[2u32, 0, 3], &Device::Cpu).unwrap();
+        check_gradient(&f, |x| {
+            let logits = crate::model::l2_normalize(x)?.matmul(&bank.t()?)?;
+            instance_discrimination(&(logits / 0.5)?, &targets)
+        });
+        check_gradient(&f, |x| feature_decorrelation(x, 2.0));
+        check_gradient(&f, |x| reference_salient(&crate::model::l2_normalize(x)?));
+        let z = t(&[&[0.9, 0.1], &[-0.3, 0.3], &[0.2, -0.8]]);
+        check_gradient(&f, |x| cross_covariance(x, &z));
+    }
+}

@@ -1,0 +1,655 @@
+//! cIDFD training (METHOD.md): a salient encoder g_s on the target set, a background encoder g_z
+//! on the target and reference sets, three memory banks, and the loss
+//!
+//!   L = CE((s·Sᵀ + λ·z_x·Ztᵀ)/τ) + CE(z_b·Zbᵀ/τ) + α·FD(s) [+ α·FD(z)] + β·(1 − ‖mean s(b)‖²)
+//!       [+ γ·‖Cov(s, z_x)‖²]
+//!
+//! IDFD is the degenerate setting (method = idfd: λ = 0, no reference data, no g_z).
+
+pub mod augment;
+pub mod bank;
+pub mod config;
+pub mod job;
+pub mod loss;
+pub mod optim;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::data::{
+    decode_batch, ImageShape, ImageTableReader, LabelRequirement, NullPolicy, ReaderOptions,
+    SizePolicy,
+};
+use crate::error::{Error, Result};
+use crate::model::{Encoder, EncoderConfig};
+pub use augment::{AugmentConfig, Normalization};
+use bank::MemoryBank;
+pub use config::{BankInit, Method, TrainConfig};
+use optim::Sgd;
+
+/// A whole image table decoded into memory as uint8 (training needs random access).
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub shape: ImageShape,
+    pub ids: Vec<i64>,
+    pub labels: Vec<Option<i64>>,
+    pub pixels: Vec<u8>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * self.shape.len()..(i + 1) * self.shape.len()]
+    }
+
+    /// Labels if every row has one (evaluation needs them all).
+    pub fn complete_labels(&self) -> Option<Vec<i64>> {
+        self.labels.iter().copied().collect()
+    }
+
+    /// Reads and decodes a table. NULL images are refused: every row must be trainable.
+    pub fn load(
+        spec: &str,
+        shape: ImageShape,
+        labels: LabelRequirement,
+        size: SizePolicy,
+    ) -> Result<Self> {
+        let options = ReaderOptions {
+            labels,
+            ..Default::default()
+        };
+        let mut set = ImageSet {
+            shape,
+            ids: Vec::new(),
+            labels: Vec::new(),
+            pixels: Vec::new(),
+        };
+        for batch in ImageTableReader::open(spec, options)? {
+            let decoded = decode_batch(&batch?, shape, size, NullPolicy::Refuse)?;
+            set.ids.extend(decoded.ids);
+            set.labels.extend(decoded.labels);
+            set.pixels.extend(decoded.pixels);
+        }
+        if set.is_empty() {
+            return Err(Error::Invalid(format!(
+                "table `{spec}` has no rows to train on"
+            )));
+        }
+        Ok(set)
+    }
+}
+
+/// Losses and speed of one training step.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepStats {
+    pub loss: f32,
+    pub id_target: f32,
+    pub id_reference: f32,
+    pub fd: f32,
+    pub reference_salient: f32,
+    pub xcov: f32,
+}
+
+/// Mean losses of one epoch, its learning rate and speed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f32,
+    pub id_target: f32,
+    pub id_reference: f32,
+    pub fd: f32,
+    pub reference_salient: f32,
+    pub xcov: f32,
+    pub seconds: f64,
+    /// Images through the encoders per second (target and reference batches counted).
+    pub images_per_second: f64,
+}
+
+/// The trainable state: encoders, banks and optimiser.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub shape: ImageShape,
+    pub norm: Normalization,
+    pub device: Device,
+    pub varmap: VarMap,
+    pub salient: Encoder,
+    pub background: Option<Encoder>,
+    bank_s: MemoryBank,
+    bank_zt: Option<MemoryBank>,
+    bank_zb: Option<MemoryBank>,
+    optim: Sgd,
+    /// Epochs completed.
+    pub epoch: usize,
+}
+
+impl Trainer {
+    pub fn new(
+        config: TrainConfig,
+        shape: ImageShape,
+        norm: Normalization,
+        n_target: usize,
+        n_reference: usize,
+        device: Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let salient = Encoder::new(
+            EncoderConfig {
+                architecture: config.architecture,
+                in_channels: shape.channels,
+                dim: config.dim_salient,
+            },
+            vb.pp("salient"),
+        )?;
+        let uses_reference = config.uses_reference();
+        let background = if uses_reference {
+            Some(Encoder::new(
+                EncoderConfig {
+                    architecture: config.architecture,
+                    in_channels: shape.channels,
+                    dim: config.dim_background,
+                },
+                vb.pp("background"),
+            )?)
+        } else {
+            None
+        };
+        let m = config.bank_momentum;
+        let seed = config.seed;
+        let bank_s = MemoryBank::random(n_target, config.dim_salient, m, seed ^ 1, &device)?;
+        let (bank_zt, bank_zb) = if uses_reference {
+            if n_reference == 0 {
+                return Err(Error::Invalid(
+                    "cIDFD needs a non-empty reference table".into(),
+                ));
+            }
+            (
+                Some(MemoryBank::random(
+                    n_target,
+                    config.dim_background,
+                    m,
+                    seed ^ 2,
+                    &device,
+                )?),
+                Some(MemoryBank::random(
+                    n_reference,
+                    config.dim_background,
+                    m,
+                    seed ^ 3,
+                    &device,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        seeded_init(&varmap, config.seed)?;
+        let mut named: Vec<(String, candle_core::Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let optim = Sgd::new(named, config.lr, config.momentum, config.weight_decay);
+        Ok(Self {
+            config,
+            shape,
+            norm,
+            device,
+            varmap,
+            salient,
+            background,
+            bank_s,
+            bank_zt,
+            bank_zb,
+            optim,
+            epoch: 0,
+        })
+    }
+
+    fn batch_tensor(
+        &self,
+        images: &[&[u8]],
+        augment: &AugmentConfig,
+        stream: u64,
+    ) -> Result<Tensor> {
+        self.batch_tensor_with_overlays(images, None, augment, stream)
+    }
+
+    fn batch_tensor_with_overlays(
+        &self,
+        images: &[&[u8]],
+        overlays: Option<&[&[u8]]>,
+        augment: &AugmentConfig,
+        stream: u64,
+    ) -> Result<Tensor> {
+        let floats = augment::augment_batch_with_overlays(
+            images,
+            overlays,
+            self.shape,
+            augment,
+            &self.norm,
+            self.config.seed,
+            stream,
+        );
+        let s = self.shape;
+        Ok(Tensor::from_vec(
+            floats,
+            (images.len(), s.channels, s.height, s.width),
+            &self.device,
+        )?)
+    }
+
+    /// Embeds un-augmented images with an encoder in inference mode, `batch` at a time.
+    fn embed_with(&self, encoder: &Encoder, set: &ImageSet, batch: usize) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        for start in (0..set.len()).step_by(batch.max(1)) {
+            let end = (start + batch).min(set.len());
+            let images: Vec<&[u8]> = (start..end).map(|i| set.image(i)).collect();
+            let x = self.batch_tensor(&images, &AugmentConfig::none(), 0)?;
+            parts.push(encoder.forward_t(&x, false)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Salient embeddings (N×d_s, row-major) of the un-augmented images.
+    pub fn embed(&self, set: &ImageSet) -> Result<Vec<f32>> {
+        let e = self.embed_with(&self.salient, set, 512)?;
+        Ok(e.flatten_all()?.to_vec1()?)
+    }
+
+    /// Initialises the banks from a first pass over the un-augmented images (knob `bank_init`).
+    pub fn init_banks_from_first_pass(
+        &mut self,
+        target: &ImageSet,
+        reference: Option<&ImageSet>,
+    ) -> Result<()> {
+        let m = self.config.bank_momentum;
+        self.bank_s = MemoryBank::from_rows(self.embed_with(&self.salient, target, 512)?, m)?;
+        if let Some(bg) = &self.background {
+            self.bank_zt = Some(MemoryBank::from_rows(self.embed_with(bg, target, 512)?, m)?);
+            if let Some(r) = reference {
+                self.bank_zb = Some(MemoryBank::from_rows(self.embed_with(bg, r, 512)?, m)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One epoch over the target set (dropping the last partial batch); reference batches of the
+    /// same size are drawn from a shuffled, cycled reference set.
+    pub fn train_epoch(
+        &mut self,
+        target: &ImageSet,
+        reference: Option<&ImageSet>,
+        mut on_step: impl FnMut(usize, usize, &StepStats),
+    ) -> Result<EpochStats> {
+        let cfg = self.config.clone();
+        let b = cfg.batch_size.min(target.len());
+        let steps = (target.len() / b).max(1);
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1_000_003 * self.epoch as u64));
+        let mut order: Vec<usize> = (0..target.len()).collect();
+        order.shuffle(&mut rng);
+        let mut ref_order: Vec<usize> = (0..reference.map_or(0, |r| r.len())).collect();
+        ref_order.shuffle(&mut rng);
+
+        let started = Instant::now();
+        let mut sums = StepStats::default();
+        let mut images = 0usize;
+        let mut lr = cfg.lr;
+        for step in 0..steps {
+            lr = cfg.lr_at(self.epoch as f64 + step as f64 / steps as f64);
+            self.optim.lr = lr;
+            let idx: Vec<usize> = order[step * b..(step + 1) * b].to_vec();
+            let ref_idx: Vec<usize> = if ref_order.is_empty() {
+                Vec::new()
+            } else {
+                (0..b)
+                    .map(|i| ref_order[(step * b + i) % ref_order.len()])
+                    .collect()
+            };
+            let stream = ((self.epoch as u64) << 32) | step as u64;
+            let stats = self.step(target, reference, &idx, &ref_idx, stream)?;
+            images += idx.len()
+                + if self.background.is_some() {
+                    ref_idx.len()
+                } else {
+                    0
+                };
+            for (sum, v) in [
+                (&mut sums.loss, stats.loss),
+                (&mut sums.id_target, stats.id_target),
+                (&mut sums.id_reference, stats.id_reference),
+                (&mut sums.fd, stats.fd),
+                (&mut sums.reference_salient, stats.reference_salient),
+                (&mut sums.xcov, stats.xcov),
+            ] {
+                *sum += v;
+            }
+            if !stats.loss.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "training diverged at epoch {} step {step}: loss is {} (try a lower lr)",
+                    self.epoch + 1,
+                    stats.loss
+                )));
+            }
+            on_step(step, steps, &stats);
+        }
+        self.epoch += 1;
+        let n = steps as f32;
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(EpochStats {
+            epoch: self.epoch,
+            lr,
+            loss: sums.loss / n,
+            id_target: sums.id_target / n,
+            id_reference: sums.id_reference / n,
+            fd: sums.fd / n,
+            reference_salient: sums.reference_salient / n,
+            xcov: sums.xcov / n,
+            seconds,
+            images_per_second: images as f64 / seconds.max(1e-9),
+        })
+    }
+
+    fn step(
+        &mut self,
+        target: &ImageSet,
+        reference: Option<&ImageSet>,
+        idx: &[usize],
+        ref_idx: &[usize],
+        stream: u64,
+    ) -> Result<StepStats> {
+        let cfg = &self.config;
+        let device = &self.device;
+        let images: Vec<&[u8]> = idx.iter().map(|&i| target.image(i)).collect();
+        // Overlays come from the reference set, shifted so they differ from this step's
+        // reference batch.
+        let overlays: Option<Vec<&[u8]>> = match reference {
+            Some(r) if cfg.augment.overlay_p > 0.0 && !ref_idx.is_empty() => Some(
+                (0..idx.len())
+                    .map(|i| r.image(ref_idx[(i + ref_idx.len() / 2) % ref_idx.len()]))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let xt = self.batch_tensor_with_overlays(
+            &images,
+            overlays.as_deref(),
+            &cfg.augment,
+            stream * 2,
+        )?;
+        let targets = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            device,
+        )?;
+
+        let s = self.salient.forward_t(&xt, true)?;
+        let mut logit_t = self.bank_s.similarities(&s)?;
+        let mut stats = StepStats::default();
+        let mut fd = loss::feature_decorrelation(&s, cfg.tau2)?;
+
+        let mut background_parts = None;
+        if let (Some(g_z), Some(reference)) = (&self.background, reference) {
+            let ref_images: Vec<&[u8]> = ref_idx.iter().map(|&i| reference.image(i)).collect();
+            let xb = self.batch_tensor(&ref_images, &cfg.augment, stream * 2 + 1)?;
+            let ref_targets = Tensor::from_vec(
+                ref_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                ref_idx.len(),
+                device,
+            )?;
+            let zx = g_z.forward_t(&xt, true)?;
+            let zb = g_z.forward_t(&xb, true)?;
+            let (bank_zt, bank_zb) = (self.bank_zt.as_ref(), self.bank_zb.as_ref());
+            let (bank_zt, bank_zb) = match (bank_zt, bank_zb) {
+                (Some(t), Some(b)) => (t, b),
+                _ => return Err(Error::Invalid("internal: cIDFD banks missing".into())),
+            };
+            let zx_t = bank_zt.similarities(&zx)?;
+            logit_t = (logit_t + (zx_t * cfg.lambda)?)?;
+            let (logit_t_full, logit_b, ref_target_idx) = if cfg.joint_bank {
+                // One softmax over target and reference rows; reference rows have no salient part.
+                let zx_b = (bank_zb.similarities(&zx)? * cfg.lambda)?;
+                let zb_t = (bank_zt.similarities(&zb)? * cfg.lambda)?;
+                let zb_b = (bank_zb.similarities(&zb)? * cfg.lambda)?;
+                let offset = Tensor::full(target.len() as u32, ref_idx.len(), device)?;
+                (
+                    Tensor::cat(&[&logit_t, &zx_b], 1)?,
+                    Tensor::cat(&[&zb_t, &zb_b], 1)?,
+                    (ref_targets.clone() + offset)?,
+                )
+            } else {
+                (
+                    logit_t.clone(),
+                    bank_zb.similarities(&zb)?,
+                    ref_targets.clone(),
+                )
+            };
+            logit_t = logit_t_full;
+            let id_b = loss::instance_discrimination(&(logit_b / cfg.tau)?, &ref_target_idx)?;
+            stats.id_reference = id_b.to_scalar::<f32>()?;
+            if cfg.fd_background {
+                fd = (fd + loss::feature_decorrelation(&Tensor::cat(&[&zx, &zb], 0)?, cfg.tau2)?)?;
+            }
+            let mut extra = id_b;
+            if cfg.beta != 0.0 {
+                let sb = self.salient.forward_t(&xb, true)?;
+                let r = loss::reference_salient(&sb)?;
+                stats.reference_salient = r.to_scalar::<f32>()?;
+                extra = (extra + (r * cfg.beta)?)?;
+            }
+            if cfg.gamma_xcov != 0.0 {
+                let x = loss::cross_covariance(&s, &zx)?;
+                stats.xcov = x.to_scalar::<f32>()?;
+                extra = (extra + (x * cfg.gamma_xcov)?)?;
+            }
+            background_parts = Some((zx, zb, ref_targets, extra));
+        }
+
+        let id_t = loss::instance_discrimination(&(logit_t / cfg.tau)?, &targets)?;
+        stats.id_target = id_t.to_scalar::<f32>()?;
+        stats.fd = fd.to_scalar::<f32>()?;
+        let mut total = (id_t + (fd * cfg.alpha)?)?;
+        if let Some((_, _, _, extra)) = &background_parts {
+            total = (total + extra)?;
+        }
+        stats.loss = total.to_scalar::<f32>()?;
+        let grads = total.backward()?;
+        self.optim.step(&grads)?;
+
+        // Banks are updated after the step, with the features the logits were computed from.
+        self.bank_s.update(&targets, &s)?;
+        if let Some((zx, zb, ref_targets, _)) = background_parts {
+            if let Some(bank) = self.bank_zt.as_mut() {
+                bank.update(&targets, &zx)?;
+            }
+            if let Some(bank) = self.bank_zb.as_mut() {
+                bank.update(&ref_targets, &zb)?;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+const CHECKPOINT_EPOCH: &str = "state.epoch";
+
+impl Trainer {
+    /// Every tensor needed to continue training: parameters (with batch-norm statistics), banks,
+    /// momentum buffers and the epoch count.
+    fn checkpoint_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut tensors = std::collections::HashMap::new();
+        for (name, var) in self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?
+            .iter()
+        {
+            tensors.insert(format!("param.{name}"), var.as_tensor().clone());
+        }
+        tensors.insert("bank.s".into(), self.bank_s.rows().clone());
+        if let Some(b) = &self.bank_zt {
+            tensors.insert("bank.zt".into(), b.rows().clone());
+        }
+        if let Some(b) = &self.bank_zb {
+            tensors.insert("bank.zb".into(), b.rows().clone());
+        }
+        for (name, buf) in self.optim.buffers() {
+            tensors.insert(format!("optim.{name}"), buf);
+        }
+        tensors.insert(
+            CHECKPOINT_EPOCH.into(),
+            Tensor::new(&[self.epoch as u32], &Device::Cpu)?,
+        );
+        Ok(tensors)
+    }
+
+    /// Writes a checkpoint atomically (temporary file in the same directory, then rename).
+    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<()> {
+        let tensors = self.checkpoint_tensors()?;
+        let bytes = safetensors_bytes(&tensors)?;
+        crate::atomic::write_bytes_atomically(path, &bytes)
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for the same configuration.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
+        let mismatch = |what: String| Error::Dataset {
+            path: path.to_path_buf(),
+            message: format!("checkpoint does not match this training configuration: {what}"),
+        };
+        let tensors =
+            candle_core::safetensors::load(path, &self.device).map_err(|e| Error::Dataset {
+                path: path.to_path_buf(),
+                message: format!("unreadable checkpoint ({e})"),
+            })?;
+        {
+            let vars = self
+                .varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?;
+            for (name, var) in vars.iter() {
+                let saved = tensors
+                    .get(&format!("param.{name}"))
+                    .ok_or_else(|| mismatch(format!("no parameter `{name}`")))?;
+                if saved.shape() != var.shape() {
+                    return Err(mismatch(format!(
+                        "parameter `{name}` is {:?} there, {:?} here",
+                        saved.dims(),
+                        var.dims()
+                    )));
+                }
+                var.set(saved)?;
+            }
+        }
+        let bank = |key: &str, current: &MemoryBank| -> Result<MemoryBank> {
+            let rows = tensors
+                .get(key)
+                .ok_or_else(|| mismatch(format!("no `{key}`")))?;
+            if rows.shape() != current.rows().shape() {
+                return Err(mismatch(format!(
+                    "`{key}` is {:?} there, {:?} here (same tables?)",
+                    rows.dims(),
+                    current.rows().dims()
+                )));
+            }
+            Ok(MemoryBank::from_rows(
+                rows.clone(),
+                self.config.bank_momentum,
+            )?)
+        };
+        self.bank_s = bank("bank.s", &self.bank_s)?;
+        if let Some(b) = &self.bank_zt {
+            self.bank_zt = Some(bank("bank.zt", b)?);
+        }
+        if let Some(b) = &self.bank_zb {
+            self.bank_zb = Some(bank("bank.zb", b)?);
+        }
+        self.optim
+            .set_buffers(|name| tensors.get(&format!("optim.{name}")).cloned());
+        let epoch = tensors
+            .get(CHECKPOINT_EPOCH)
+            .ok_or_else(|| mismatch("no epoch count".into()))?
+            .to_vec1::<u32>()?;
+        self.epoch = epoch.first().copied().unwrap_or(0) as usize;
+        Ok(())
+    }
+
+    /// The model's parameters (both encoders, batch-norm statistics included).
+    pub fn parameters(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        Ok(self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect())
+    }
+}
+
+/// Re-initialises the random parameters from `seed` (candle's CPU initialisers draw from an
+/// unseedable thread RNG): He-normal weights (std √(2/fan_in)) for convolutions and linear
+/// layers, U(±1/√fan_in) for linear biases; batch-norm parameters keep their constants.
+fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    use rand_distr::{Distribution, Normal};
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_1417);
+    for name in names {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let is_bn = name.contains(".bn") || name.contains("bn1") || name.contains("bn2");
+        if is_bn {
+            continue;
+        }
+        let values: Vec<f32> = if name.ends_with(".weight") && dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let normal = Normal::new(0.0f32, (2.0 / fan_in as f32).sqrt())
+                .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
+            (0..var.elem_count())
+                .map(|_| normal.sample(&mut rng))
+                .collect()
+        } else if name.ends_with(".bias") {
+            // Only linear heads have biases (convolutions are followed by batch norm).
+            let fan_in = vars
+                .get(&name.replace(".bias", ".weight"))
+                .map_or(1, |w| w.dims().get(1).copied().unwrap_or(1));
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..var.elem_count())
+                .map(|_| rand::Rng::random_range(&mut rng, -bound..bound))
+                .collect()
+        } else {
+            continue;
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Serialises tensors in the safetensors format, in memory (so the file can be written atomically).
+pub fn safetensors_bytes(tensors: &std::collections::HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    safetensors::serialize(tensors, None)
+        .map_err(|e| Error::Invalid(format!("internal: cannot serialise tensors: {e}")))
+}

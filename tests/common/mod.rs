@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests: small image tables written as real Parquet files.
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, BinaryViewArray, Int32Array, Int64Array, LargeBinaryArray, RecordBatch,
+    StringArray, StructArray,
+};
+use arrow::datatypes::{DataType, Field, Fields, Schema};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::{ExtendedColorType, ImageEncoder};
+use parquet::arrow::ArrowWriter;
+
+/// A deterministic grayscale test pattern, H×W.
+pub fn gray_pattern(h: usize, w: usize, seed: u8) -> Vec<u8> {
+    (0..h * w)
+        .map(|i| ((i * 7 + seed as usize * 31) % 256) as u8)
+        .collect()
+}
+
+pub fn png_gray(pixels: &[u8], h: usize, w: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PngEncoder::new(Cursor::new(&mut out))
+        .write_image(pixels, w as u32, h as u32, ExtendedColorType::L8)
+        .unwrap();
+    out
+}
+
+/// RGB pixels interleaved (H×W×3).
+pub fn png_rgb(pixels: &[u8], h: usize, w: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PngEncoder::new(Cursor::new(&mut out))
+        .write_image(pixels, w as u32, h as u32, ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+pub fn jpeg_rgb(pixels: &[u8], h: usize, w: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(Cursor::new(&mut out), 95)
+        .write_image(pixels, w as u32, h as u32, ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// How the image column is stored in a test table.
+#[derive(Clone, Copy, Debug)]
+pub enum ImageEncoding {
+    Binary,
+    LargeBinary,
+    BinaryView,
+    HfStruct,
+}
+
+pub fn image_array(images: &[Option<Vec<u8>>], encoding: ImageEncoding) -> ArrayRef {
+    let refs: Vec<Option<&[u8]>> = images.iter().map(|i| i.as_deref()).collect();
+    match encoding {
+        ImageEncoding::Binary => Arc::new(BinaryArray::from(refs)),
+        ImageEncoding::LargeBinary => Arc::new(LargeBinaryArray::from(refs)),
+        ImageEncoding::BinaryView => Arc::new(BinaryViewArray::from(refs)),
+        ImageEncoding::HfStruct => {
+            // A NULL image is a NULL struct, as Hugging Face writes it.
+            let paths: Vec<Option<String>> = images
+                .iter()
+                .enumerate()
+                .map(|(i, img)| img.as_ref().map(|_| format!("img_{i}.png")))
+                .collect();
+            let validity = arrow::buffer::NullBuffer::from(
+                images.iter().map(Option::is_some).collect::<Vec<bool>>(),
+            );
+            let fields = Fields::from(vec![
+                Field::new("bytes", DataType::Binary, true),
+                Field::new("path", DataType::Utf8, true),
+            ]);
+            Arc::new(StructArray::new(
+                fields,
+                vec![
+                    Arc::new(BinaryArray::from(refs)) as ArrayRef,
+                    Arc::new(StringArray::from(paths)) as ArrayRef,
+                ],
+                Some(validity),
+            ))
+        }
+    }
+}
+
+/// Writes a table with `id`, `image` (in `encoding`), `label` and an extra `note` column.
+pub fn write_table(
+    path: &Path,
+    ids: &[i64],
+    images: &[Option<Vec<u8>>],
+    labels: Option<&[i64]>,
+    encoding: ImageEncoding,
+) {
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("id", Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef),
+        ("image", image_array(images, encoding)),
+    ];
+    if let Some(labels) = labels {
+        columns.push(("label", Arc::new(Int64Array::from(labels.to_vec()))));
+    }
+    columns.push((
+        "note",
+        Arc::new(StringArray::from(
+            ids.iter().map(|i| format!("row {i}")).collect::<Vec<_>>(),
+        )),
+    ));
+    write_columns(path, columns);
+}
+
+/// Writes arbitrary columns (all nullable) to a Parquet file.
+pub fn write_columns(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// A table of `n` valid 28×28 grayscale PNGs, ids `first..first+n`, labels `id % 10`.
+pub fn write_gray_table(path: &Path, first: i64, n: usize, encoding: ImageEncoding) {
+    let ids: Vec<i64> = (first..first + n as i64).collect();
+    let images: Vec<Option<Vec<u8>>> = ids
+        .iter()
+        .map(|&i| Some(png_gray(&gray_pattern(28, 28, i as u8), 28, 28)))
+        .collect();
+    let labels: Vec<i64> = ids.iter().map(|i| i % 10).collect();
+    write_table(path, &ids, &images, Some(&labels), encoding);
+}
+
+pub fn ids_column(ids: &[i64]) -> ArrayRef {
+    Arc::new(Int64Array::from(ids.to_vec()))
+}
+
+pub fn int32_column(values: &[i32]) -> ArrayRef {
+    Arc::new(Int32Array::from(values.to_vec()))
+}

@@ -1,0 +1,161 @@
+//! Training end to end on a small real subset of mnist-grass: the model directory, the training
+//! log, evaluation, checkpoints and resuming.
+
+use salient::data::SizePolicy;
+use salient::datasets::{self, DatasetName};
+use salient::evaluate::evaluate_model;
+use salient::manifest::{Manifest, CHECKPOINT_FILE, TRAINING_LOG_FILE, WEIGHTS_FILE};
+use salient::train::job::{run, TrainJob};
+use salient::train::{Method, TrainConfig};
+
+fn small_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        dim_salient: 16,
+        dim_background: 16,
+        kmeans_restarts: 2,
+        checkpoint_every: 1,
+        eval_every: 1,
+        ..Default::default()
+    }
+}
+
+fn job(
+    dir: &std::path::Path,
+    data: &datasets::BuiltDataset,
+    config: TrainConfig,
+    resume: bool,
+) -> TrainJob {
+    TrainJob {
+        target: data.target.to_string_lossy().into_owned(),
+        reference: Some(data.reference.to_string_lossy().into_owned()),
+        out: dir.join("model"),
+        config,
+        resume,
+        size: SizePolicy::Exact,
+        device: candle_core::Device::Cpu,
+    }
+}
+
+#[test]
+fn cidfd_trains_writes_a_model_directory_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = datasets::build_with_rows(
+        DatasetName::MnistGrass,
+        dir.path(),
+        0,
+        &datasets::default_sources_dir(),
+        Some(256),
+    )
+    .unwrap();
+    let report = run(&job(dir.path(), &data, small_config(2), false)).unwrap();
+    assert_eq!(report.epochs, 2);
+    assert_eq!((report.k, report.d), (10, 16));
+    let metrics = report.metrics.expect("labelled target gives metrics");
+    assert_eq!(metrics.n, 256);
+    assert!((0.0..=1.0).contains(&metrics.acc) && metrics.acc >= 0.1);
+
+    let model = dir.path().join("model");
+    for file in [
+        WEIGHTS_FILE,
+        TRAINING_LOG_FILE,
+        CHECKPOINT_FILE,
+        "manifest.json",
+    ] {
+        assert!(model.join(file).is_file(), "{file} missing");
+    }
+    let manifest = Manifest::read(&model).unwrap();
+    assert_eq!(manifest.method, "cidfd");
+    assert_eq!(
+        (manifest.k, manifest.d, manifest.epochs_trained),
+        (10, 16, 2)
+    );
+    assert_eq!(manifest.input.shape.len(), 784);
+    assert_eq!(manifest.training_data.target_rows, 256);
+    assert_eq!(manifest.training_data.reference_rows, 256);
+    assert_eq!(manifest.training_data.target[0].footer_sha256.len(), 64);
+
+    let log = std::fs::read_to_string(model.join(TRAINING_LOG_FILE)).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines[0].starts_with("epoch,lr,loss,id_target,id_reference,fd,reference_salient"));
+    assert_eq!(lines.len(), 3, "{log}");
+    // Every loss in the log is a finite number.
+    for line in &lines[1..] {
+        let loss: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
+        assert!(loss.is_finite() && loss > 0.0);
+    }
+
+    // Evaluating the saved model on its training table reproduces the training metrics.
+    let scores = evaluate_model(
+        &model,
+        data.target.to_str().unwrap(),
+        "label",
+        SizePolicy::Exact,
+    )
+    .unwrap();
+    assert_eq!(scores.n, 256);
+    assert!(
+        (scores.acc - metrics.acc).abs() < 1e-9,
+        "{} vs {}",
+        scores.acc,
+        metrics.acc
+    );
+
+    // Resuming a finished run with more epochs continues from the checkpoint.
+    let resumed = run(&job(dir.path(), &data, small_config(3), true)).unwrap();
+    assert_eq!(resumed.epochs, 3);
+    let log = std::fs::read_to_string(model.join(TRAINING_LOG_FILE)).unwrap();
+    assert_eq!(log.lines().count(), 4, "resume appends to the log:\n{log}");
+
+    // A tampered weights file is refused.
+    std::fs::write(model.join(WEIGHTS_FILE), b"not weights").unwrap();
+    let err = evaluate_model(
+        &model,
+        data.target.to_str().unwrap(),
+        "label",
+        SizePolicy::Exact,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("differs from the manifest"),
+        "{err}"
+    );
+}
+
+#[test]
+fn idfd_needs_no_reference_and_cidfd_refuses_to_run_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = datasets::build_with_rows(
+        DatasetName::MnistGrass,
+        dir.path(),
+        1,
+        &datasets::default_sources_dir(),
+        Some(64),
+    )
+    .unwrap();
+    let mut idfd = job(
+        dir.path(),
+        &data,
+        TrainConfig {
+            method: Method::Idfd,
+            ..small_config(1)
+        },
+        false,
+    );
+    idfd.reference = None;
+    let report = run(&idfd).unwrap();
+    assert_eq!(report.epochs, 1);
+    assert_eq!(
+        Manifest::read(&idfd.out)
+            .unwrap()
+            .training_data
+            .reference_rows,
+        0
+    );
+
+    let mut cidfd = job(dir.path(), &data, small_config(1), false);
+    cidfd.reference = None;
+    let err = run(&cidfd).unwrap_err();
+    assert!(err.to_string().contains("--reference"), "{err}");
+}
