@@ -31,7 +31,11 @@ fn main() -> anyhow::Result<()> {
             f()?;
         }
         let secs = start.elapsed().as_secs_f64() / reps as f64;
-        println!("{name:<28} {:>8.1} ms  {:>8.0} img/s", secs * 1e3, batch as f64 / secs);
+        println!(
+            "{name:<28} {:>8.1} ms  {:>8.0} img/s",
+            secs * 1e3,
+            batch as f64 / secs
+        );
         Ok(())
     };
     time("forward (train mode)", &mut || {
