@@ -1,7 +1,7 @@
 //! Times the pieces of one training step of the default CPU encoder on random 28×28 images:
 //! forward, forward + backward, and a whole cIDFD step. A quick profile, not a benchmark.
 //!
-//!     cargo run --release --example train_step [-- BATCH]
+//!     cargo run --release --example train_step [-- BATCH [WIDTH]]
 
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use salient::model::{Architecture, Encoder, EncoderConfig};
 
 fn main() -> anyhow::Result<()> {
     let batch: usize = std::env::args().nth(1).map_or(Ok(128), |s| s.parse())?;
+    let width: usize = std::env::args().nth(2).map_or(Ok(32), |s| s.parse())?;
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -19,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             architecture: Architecture::SmallCnn,
             in_channels: 1,
             dim: 128,
+            width,
         },
         vb,
     )?;

@@ -68,6 +68,10 @@ impl TrainedModel {
                 architecture: manifest.config.architecture,
                 in_channels: manifest.input.shape.channels,
                 dim: manifest.d,
+                width: manifest
+                    .config
+                    .width
+                    .unwrap_or(manifest.config.architecture.default_width()),
             },
             vb.pp("salient"),
         )?;

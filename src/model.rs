@@ -1,10 +1,10 @@
 //! The encoders of IDFD and cIDFD in candle. Device-agnostic: every tensor is created on the
 //! device of the `VarBuilder`, so CUDA is one feature flag and one `Device` away.
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{
-    batch_norm, conv2d_no_bias, linear, BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder,
-};
+use candle_core::{DType, Module, Result, Tensor, Var, D};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use crate::conv::{conv2d_nhwc_rows, ConvGeometry};
 use serde::{Deserialize, Serialize};
 
 /// Which encoder architecture to build.
@@ -26,95 +26,192 @@ pub struct EncoderConfig {
     pub in_channels: usize,
     /// Output dimension (d_s or d_z).
     pub dim: usize,
+    /// Channels of the first stage; later stages double it (small-cnn: w, 2w, 4w, 8w;
+    /// resnet18: 64 by default as in IDFD).
+    pub width: usize,
 }
 
-fn bn_config() -> candle_nn::BatchNormConfig {
-    candle_nn::BatchNormConfig {
-        eps: 1e-5,
-        remove_mean: true,
-        affine: true,
-        momentum: 0.1,
+impl Architecture {
+    /// The first-stage width METHOD.md's encoders use.
+    pub fn default_width(&self) -> usize {
+        match self {
+            Architecture::SmallCnn => 32,
+            Architecture::Resnet18 => 64,
+        }
     }
 }
 
-fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d_no_bias(
-        cin,
-        cout,
-        3,
-        Conv2dConfig {
-            padding: 1,
-            stride,
-            ..Default::default()
-        },
-        vb,
-    )
+/// Batch normalisation over the rows of an (N, C) matrix of channels-last activations.
+/// Batch statistics are reductions by matrix product (a ones row times the activations), which
+/// candle runs on both cores; running statistics follow PyTorch (momentum 0.1, unbiased var).
+#[derive(Debug, Clone)]
+struct RowBatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
 }
 
-/// conv → batch norm → ReLU.
+impl RowBatchNorm {
+    fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        use candle_nn::Init;
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.))?;
+        Ok(Self {
+            weight: vb.get_with_hints(channels, "weight", Init::Const(1.))?,
+            bias: vb.get_with_hints(channels, "bias", Init::Const(0.))?,
+            // Shares storage with the VarMap's variable, so updates reach checkpoints.
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    fn forward_rows(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c) = x.dims2()?;
+        let (centered, var) = if train {
+            let avg = (Tensor::ones((1, n), x.dtype(), x.device())? / n as f64)?;
+            let mean = avg.matmul(x)?;
+            let centered = x.broadcast_sub(&mean)?;
+            let var = avg.matmul(&centered.sqr()?)?;
+            let m = self.momentum;
+            let unbiased = n as f64 / (n as f64 - 1.0).max(1.0);
+            self.running_mean.set(
+                &((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?,
+            )?;
+            self.running_var.set(
+                &((self.running_var.as_tensor() * (1.0 - m))?
+                    + (var.detach().reshape(c)? * (m * unbiased))?)?,
+            )?;
+            (centered, var)
+        } else {
+            let mean = self.running_mean.as_tensor().reshape((1, c))?;
+            (
+                x.broadcast_sub(&mean)?,
+                self.running_var.as_tensor().reshape((1, c))?,
+            )
+        };
+        let scale = self
+            .weight
+            .reshape((1, c))?
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        centered
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.bias.reshape((1, c))?)
+    }
+}
+
+/// A bias-free convolution on channels-last activations, returning (B·OH·OW, C_out) rows.
+#[derive(Debug, Clone)]
+struct Conv {
+    weight: Tensor,
+    geometry: ConvGeometry,
+}
+
+impl Conv {
+    fn new(cin: usize, cout: usize, kernel: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin, kernel, kernel),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self {
+            weight,
+            geometry: ConvGeometry {
+                kernel,
+                stride,
+                padding: kernel / 2,
+            },
+        })
+    }
+
+    fn rows(&self, x: &Tensor) -> Result<(Tensor, (usize, usize, usize))> {
+        if x.device().is_cpu() {
+            return conv2d_nhwc_rows(x, &self.weight, self.geometry);
+        }
+        // Other devices: candle's own convolution (cuDNN where enabled) in NCHW.
+        let g = self.geometry;
+        let y = x
+            .permute((0, 3, 1, 2))?
+            .conv2d(&self.weight, g.padding, g.stride, 1, 1)?;
+        let (b, c, oh, ow) = y.dims4()?;
+        let rows = y.permute((0, 2, 3, 1))?.reshape((b * oh * ow, c))?;
+        Ok((rows, (b, oh, ow)))
+    }
+}
+
+/// conv → batch norm → ReLU, channels-last in and out.
 #[derive(Debug, Clone)]
 struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
+    conv: Conv,
+    bn: RowBatchNorm,
 }
 
 impl ConvBn {
     fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: conv3x3(cin, cout, stride, vb.pp("conv"))?,
-            bn: batch_norm(cout, bn_config(), vb.pp("bn"))?,
+            conv: Conv::new(cin, cout, 3, stride, vb.pp("conv"))?,
+            bn: RowBatchNorm::new(cout, vb.pp("bn"))?,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        x.apply(&self.conv)?.apply_t(&self.bn, train)?.relu()
+        let (rows, (b, oh, ow)) = self.conv.rows(x)?;
+        let c = rows.dim(1)?;
+        self.bn
+            .forward_rows(&rows, train)?
+            .relu()?
+            .reshape((b, oh, ow, c))
     }
 }
 
 /// ResNet basic block: two 3×3 conv-bn, identity or 1×1-conv shortcut.
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    shortcut: Option<(Conv2d, BatchNorm)>,
+    conv1: Conv,
+    bn1: RowBatchNorm,
+    conv2: Conv,
+    bn2: RowBatchNorm,
+    shortcut: Option<(Conv, RowBatchNorm)>,
 }
 
 impl BasicBlock {
     fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
-            let conv = conv2d_no_bias(
-                cin,
-                cout,
-                1,
-                Conv2dConfig {
-                    stride,
-                    ..Default::default()
-                },
-                vb.pp("shortcut.conv"),
-            )?;
-            Some((conv, batch_norm(cout, bn_config(), vb.pp("shortcut.bn"))?))
+            Some((
+                Conv::new(cin, cout, 1, stride, vb.pp("shortcut.conv"))?,
+                RowBatchNorm::new(cout, vb.pp("shortcut.bn"))?,
+            ))
         } else {
             None
         };
         Ok(Self {
-            conv1: conv3x3(cin, cout, stride, vb.pp("conv1"))?,
-            bn1: batch_norm(cout, bn_config(), vb.pp("bn1"))?,
-            conv2: conv3x3(cout, cout, 1, vb.pp("conv2"))?,
-            bn2: batch_norm(cout, bn_config(), vb.pp("bn2"))?,
+            conv1: Conv::new(cin, cout, 3, stride, vb.pp("conv1"))?,
+            bn1: RowBatchNorm::new(cout, vb.pp("bn1"))?,
+            conv2: Conv::new(cout, cout, 3, 1, vb.pp("conv2"))?,
+            bn2: RowBatchNorm::new(cout, vb.pp("bn2"))?,
             shortcut,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv1)?.apply_t(&self.bn1, train)?.relu()?;
-        let y = y.apply(&self.conv2)?.apply_t(&self.bn2, train)?;
+        let (rows, (b, oh, ow)) = self.conv1.rows(x)?;
+        let c = rows.dim(1)?;
+        let y = self
+            .bn1
+            .forward_rows(&rows, train)?
+            .relu()?
+            .reshape((b, oh, ow, c))?;
+        let (rows, _) = self.conv2.rows(&y)?;
+        let y = self.bn2.forward_rows(&rows, train)?;
         let s = match &self.shortcut {
-            Some((conv, bn)) => x.apply(conv)?.apply_t(bn, train)?,
-            None => x.clone(),
+            Some((conv, bn)) => bn.forward_rows(&conv.rows(x)?.0, train)?,
+            None => x.reshape((b * oh * ow, c))?,
         };
-        (y + s)?.relu()
+        (y + s)?.relu()?.reshape((b, oh, ow, c))
     }
 }
 
@@ -139,7 +236,8 @@ impl Encoder {
     pub fn new(config: EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let (trunk, features) = match config.architecture {
             Architecture::SmallCnn => {
-                let widths = [32, 64, 128, 256];
+                let w = config.width;
+                let widths = [w, 2 * w, 4 * w, 8 * w];
                 let mut layers = Vec::new();
                 let mut cin = config.in_channels;
                 for (i, &w) in widths.iter().enumerate() {
@@ -150,10 +248,11 @@ impl Encoder {
                 (Trunk::Small(layers), cin)
             }
             Architecture::Resnet18 => {
-                let stem = ConvBn::new(config.in_channels, 64, 1, vb.pp("stem"))?;
+                let w = config.width;
+                let stem = ConvBn::new(config.in_channels, w, 1, vb.pp("stem"))?;
                 let mut blocks = Vec::new();
-                let mut cin = 64;
-                for (stage, &w) in [64, 128, 256, 512].iter().enumerate() {
+                let mut cin = w;
+                for (stage, &w) in [w, 2 * w, 4 * w, 8 * w].iter().enumerate() {
                     for b in 0..2 {
                         let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                         blocks.push(BasicBlock::new(
@@ -178,7 +277,8 @@ impl Encoder {
 
     /// Un-normalised features (B×dim) of a float batch (B×C×H×W).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = x.clone();
+        // The trunk runs channels-last (see `conv`).
+        let mut h = x.permute((0, 2, 3, 1))?.contiguous()?;
         match &self.trunk {
             Trunk::Small(layers) => {
                 for layer in layers {
@@ -193,7 +293,8 @@ impl Encoder {
             }
         }
         // Global average pooling over H and W.
-        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
+        let (b, hh, ww, c) = h.dims4()?;
+        let pooled = h.reshape((b, hh * ww, c))?.mean(1)?;
         self.head.forward(&pooled)
     }
 

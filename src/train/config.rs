@@ -35,6 +35,8 @@ pub enum BankInit {
 pub struct TrainConfig {
     pub method: Method,
     pub architecture: Architecture,
+    /// First-stage channels of the encoders (default: the architecture's).
+    pub width: Option<usize>,
     /// Salient embedding dimension d_s.
     pub dim_salient: usize,
     /// Background embedding dimension d_z.
@@ -85,6 +87,7 @@ impl Default for TrainConfig {
         Self {
             method: Method::Cidfd,
             architecture: Architecture::SmallCnn,
+            width: None,
             dim_salient: 128,
             dim_background: 128,
             epochs: 20,

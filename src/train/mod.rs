@@ -153,6 +153,7 @@ impl Trainer {
                 architecture: config.architecture,
                 in_channels: shape.channels,
                 dim: config.dim_salient,
+                width: config.width.unwrap_or(config.architecture.default_width()),
             },
             vb.pp("salient"),
         )?;
@@ -163,6 +164,7 @@ impl Trainer {
                     architecture: config.architecture,
                     in_channels: shape.channels,
                     dim: config.dim_background,
+                    width: config.width.unwrap_or(config.architecture.default_width()),
                 },
                 vb.pp("background"),
             )?)
