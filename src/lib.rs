@@ -15,7 +15,6 @@ pub mod atomic;
 pub mod baselines;
 pub mod cluster;
 pub mod compare;
-pub mod conv;
 pub mod data;
 pub mod datasets;
 pub mod error;
@@ -23,6 +22,7 @@ pub mod evaluate;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod nhwc;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Result, Tensor, Var, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use crate::conv::{conv2d_nhwc_rows, ConvGeometry};
+use crate::nhwc::{batch_norm_rows_train, conv2d_nhwc_rows, ConvGeometry};
 use serde::{Deserialize, Serialize};
 
 /// Which encoder architecture to build.
@@ -70,22 +70,35 @@ impl RowBatchNorm {
         })
     }
 
+    /// PyTorch's running averages: momentum 0.1, unbiased variance.
+    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, n: usize) -> Result<()> {
+        let m = self.momentum;
+        let unbiased = n as f64 / (n as f64 - 1.0).max(1.0);
+        self.running_mean
+            .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor() * (1.0 - m))? + (biased_var * (m * unbiased))?)?)
+    }
+
     fn forward_rows(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c) = x.dims2()?;
+        if train && x.device().is_cpu() {
+            // Fused kernel: one sweep per pass instead of candle's broadcast reductions.
+            let (y, mean, var) = batch_norm_rows_train(x, &self.weight, &self.bias, self.eps)?;
+            let device = x.device();
+            self.update_running(
+                &Tensor::from_vec(mean, c, device)?,
+                &Tensor::from_vec(var, c, device)?,
+                n,
+            )?;
+            return Ok(y);
+        }
         let (centered, var) = if train {
             let avg = (Tensor::ones((1, n), x.dtype(), x.device())? / n as f64)?;
             let mean = avg.matmul(x)?;
             let centered = x.broadcast_sub(&mean)?;
             let var = avg.matmul(&centered.sqr()?)?;
-            let m = self.momentum;
-            let unbiased = n as f64 / (n as f64 - 1.0).max(1.0);
-            self.running_mean.set(
-                &((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?,
-            )?;
-            self.running_var.set(
-                &((self.running_var.as_tensor() * (1.0 - m))?
-                    + (var.detach().reshape(c)? * (m * unbiased))?)?,
-            )?;
+            self.update_running(&mean.detach().reshape(c)?, &var.detach().reshape(c)?, n)?;
             (centered, var)
         } else {
             let mean = self.running_mean.as_tensor().reshape((1, c))?;
@@ -277,7 +290,7 @@ impl Encoder {
 
     /// Un-normalised features (B×dim) of a float batch (B×C×H×W).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // The trunk runs channels-last (see `conv`).
+        // The trunk runs channels-last (see `nhwc`).
         let mut h = x.permute((0, 2, 3, 1))?.contiguous()?;
         match &self.trunk {
             Trunk::Small(layers) => {

@@ -1,5 +1,6 @@
-//! Channels-last (NHWC) convolution for the CPU as im2col + one matrix product, with im2col and
-//! its adjoint col2im as candle custom ops.
+//! Channels-last (NHWC) CPU kernels as candle custom ops: convolution as im2col + one matrix
+//! product (im2col and its adjoint col2im), and training-mode batch norm over rows with a fused
+//! backward pass.
 //!
 //! Why: candle 0.11's CPU conv2d computes the weight gradient as a convolution whose kernel is
 //! the whole B×H×W gradient map, which turns into skinny matrix products and a strided,
@@ -8,7 +9,9 @@
 //! `grad · W` product plus col2im, both handled by candle's optimised matmul. Weights keep
 //! PyTorch's (C_out, C_in, K, K) layout so checkpoints and the ONNX export see ordinary convs.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of a square-kernel convolution.
@@ -185,6 +188,199 @@ pub fn conv2d_nhwc_rows(
     Ok((cols.matmul(&wt.contiguous()?)?, (b, oh, ow)))
 }
 
+/// Per-channel batch statistics of the last forward pass, for the running averages.
+pub type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// Training-mode batch norm of (N, C) rows: y = (x − mean)·invstd·γ + β with batch mean and
+/// biased variance per column. Candle's composition of broadcast ops spends most of its
+/// backward pass reducing broadcast gradients column-wise; this does each pass in one sweep.
+#[derive(Clone, Debug)]
+struct BatchNormRows {
+    eps: f64,
+    /// (mean, biased variance) of the last forward pass.
+    stats: BatchStats,
+}
+
+/// Column sums of f(row) over the rows of an (N, C) slice, in f64, in parallel.
+fn column_sums(n: usize, c: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+    const ROWS: usize = 256;
+    (0..n.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0f64; c];
+            for row in chunk * ROWS..((chunk + 1) * ROWS).min(n) {
+                f(row, &mut acc);
+            }
+            acc
+        })
+        .reduce(
+            || vec![0f64; c],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    let sums = column_sums(n, c, |row, acc| {
+        for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
+            *a += v as f64;
+        }
+    });
+    let mean: Vec<f64> = sums.iter().map(|s| s / n as f64).collect();
+    let sq = column_sums(n, c, |row, acc| {
+        for ((a, &v), m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
+            let d = v as f64 - m;
+            *a += d * d;
+        }
+    });
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        sq.iter().map(|s| (s / n as f64) as f32).collect(),
+    )
+}
+
+impl CustomOp3 for BatchNormRows {
+    fn name(&self) -> &'static str {
+        "batch-norm-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let gamma = f32_contiguous(s2, l2, self.name())?;
+        let beta = f32_contiguous(s3, l3, self.name())?;
+        let (n, c) = l1.shape().dims2()?;
+        let (mean, var) = moments(x, n, c);
+        let scale: Vec<f32> = var
+            .iter()
+            .zip(gamma)
+            .map(|(&v, &g)| g / (v as f64 + self.eps).sqrt() as f32)
+            .collect();
+        let mut y = vec![0f32; n * c];
+        y.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(yr, xr)| {
+                for j in 0..c {
+                    yr[j] = (xr[j] - mean[j]) * scale[j] + beta[j];
+                }
+            });
+        if let Ok(mut slot) = self.stats.lock() {
+            *slot = Some((mean, var));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = x.dims2()?;
+        let packed = x.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &BatchNormRowsBackward {
+                eps: self.eps,
+                gamma: gamma.to_vec1::<f32>()?,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, n)?;
+        let dgamma = packed.narrow(0, n, 1)?.reshape(c)?;
+        let dbeta = packed.narrow(0, n + 1, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// Backward of [`BatchNormRows`]; returns (N + 2, C): dx rows, then dγ, then dβ.
+struct BatchNormRowsBackward {
+    eps: f64,
+    gamma: Vec<f32>,
+}
+
+impl CustomOp2 for BatchNormRowsBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-rows-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let dy = f32_contiguous(s2, l2, self.name())?;
+        let (n, c) = l1.shape().dims2()?;
+        let (mean, var) = moments(x, n, c);
+        let invstd: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        // dβ = Σ dy, dγ = Σ dy·x̂ in one sweep.
+        let sums = column_sums(n, 2 * c, |row, acc| {
+            let (xr, gr) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
+            for j in 0..c {
+                acc[j] += gr[j] as f64;
+                acc[c + j] += (gr[j] * (xr[j] - mean[j]) * invstd[j]) as f64;
+            }
+        });
+        let (dbeta, dgamma) = sums.split_at(c);
+        let mut out = vec![0f32; (n + 2) * c];
+        let (dx, tail) = out.split_at_mut(n * c);
+        let k: Vec<f32> = (0..c)
+            .map(|j| self.gamma[j] * invstd[j] / n as f32)
+            .collect();
+        dx.par_chunks_mut(c)
+            .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
+            .for_each(|(dr, (xr, gr))| {
+                for j in 0..c {
+                    let xhat = (xr[j] - mean[j]) * invstd[j];
+                    dr[j] = k[j] * (n as f32 * gr[j] - dbeta[j] as f32 - xhat * dgamma[j] as f32);
+                }
+            });
+        for j in 0..c {
+            tail[j] = dgamma[j] as f32;
+            tail[c + j] = dbeta[j] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
+    }
+}
+
+/// Training-mode batch norm of (N, C) rows on the CPU; returns y and the batch (mean, biased
+/// variance) for the running averages.
+pub fn batch_norm_rows_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats: BatchStats = Arc::new(Mutex::new(None));
+    let y = x.contiguous()?.apply_op3(
+        gamma,
+        beta,
+        BatchNormRows {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    let taken = stats.lock().ok().and_then(|mut s| s.take());
+    let (mean, var) =
+        taken.ok_or_else(|| candle_core::Error::Msg("batch norm ran without statistics".into()))?;
+    Ok((y, mean, var))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +405,45 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// The fused batch norm equals the composition of candle ops, forward and backward.
+    #[test]
+    fn fused_batch_norm_matches_candle_ops() {
+        let x = Var::from_tensor(&random(&[300, 5], 4)).unwrap();
+        let gamma = Var::from_tensor(&random(&[5], 5)).unwrap();
+        let beta = Var::from_tensor(&random(&[5], 6)).unwrap();
+        let eps = 1e-5;
+        let (ours, mean, var) =
+            batch_norm_rows_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps).unwrap();
+        let m = x.as_tensor().mean_keepdim(0).unwrap();
+        let centered = x.as_tensor().broadcast_sub(&m).unwrap();
+        let v = centered.sqr().unwrap().mean_keepdim(0).unwrap();
+        let reference = centered
+            .broadcast_div(&(v.clone() + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&gamma.as_tensor().reshape((1, 5)).unwrap())
+            .unwrap()
+            .broadcast_add(&beta.as_tensor().reshape((1, 5)).unwrap())
+            .unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-5);
+        let mv: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        let vv: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+        for j in 0..5 {
+            assert!((mv[j] - mean[j]).abs() < 1e-6 && (vv[j] - var[j]).abs() < 1e-5);
+        }
+        let up = random(&[300, 5], 7);
+        let g_ref = (reference * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&x, &gamma, &beta] {
+            let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
     }
 
     /// The NHWC convolution and its gradients equal candle's own NCHW conv2d.
