@@ -30,6 +30,13 @@ pub fn write_atomically<T>(path: &Path, write: impl FnOnce(&mut File) -> Result<
         .flush()
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io(path, e))?;
+    // Temporary files are created private (0600); the output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(value)
 }
@@ -37,4 +44,35 @@ pub fn write_atomically<T>(path: &Path, write: impl FnOnce(&mut File) -> Result<
 /// Writes bytes atomically.
 pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomically(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_nothing_and_a_good_one_an_ordinary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let err = write_atomically(&path, |f| {
+            f.write_all(b"half").unwrap();
+            Err::<(), _>(Error::Invalid("boom".into()))
+        });
+        assert!(err.is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary file left behind"
+        );
+
+        write_bytes_atomically(&path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

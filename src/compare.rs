@@ -3,7 +3,6 @@
 //! k-means (reported per α, since picking α by the labels would be cheating), IDFD on the target
 //! set alone, and cIDFD.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -82,8 +81,11 @@ impl Summary {
     }
 }
 
-/// Runs every method for every seed; the result maps a row name (e.g. `cpca(a=2)`) to its summary.
-pub fn run(job: &CompareJob) -> Result<BTreeMap<String, Summary>> {
+/// One row of the comparison: a name (e.g. `cpca(20,a=2)`) and its summary over seeds.
+pub type Row = (String, Summary);
+
+/// Runs every method for every seed; rows come in the order the methods were asked for.
+pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
     let options = ReaderOptions {
         labels: LabelRequirement::Ignore,
         ..Default::default()
@@ -115,7 +117,7 @@ pub fn run(job: &CompareJob) -> Result<BTreeMap<String, Summary>> {
             .collect::<Vec<f32>>()
     };
     let x = to_floats(&target);
-    let mut runs: BTreeMap<String, Vec<ClusterScores>> = BTreeMap::new();
+    let mut runs: Vec<(String, Vec<ClusterScores>)> = Vec::new();
     let restarts = job.train.kmeans_restarts;
     let k = job.clusters;
 
@@ -199,18 +201,25 @@ pub fn run(job: &CompareJob) -> Result<BTreeMap<String, Summary>> {
         .collect())
 }
 
-fn push(
-    runs: &mut BTreeMap<String, Vec<ClusterScores>>,
-    name: &str,
-    scores: Option<ClusterScores>,
-) {
-    if let Some(s) = scores {
-        runs.entry(name.to_string()).or_default().push(s);
+fn push(runs: &mut Vec<(String, Vec<ClusterScores>)>, name: &str, scores: Option<ClusterScores>) {
+    let Some(s) = scores else { return };
+    match runs.iter_mut().find(|(n, _)| n == name) {
+        Some((_, list)) => list.push(s),
+        None => runs.push((name.to_string(), vec![s])),
     }
 }
 
+/// The comparison as JSON: one object per row name, as CONTRACT.md's `compare` promises.
+pub fn to_json(rows: &[Row]) -> serde_json::Value {
+    serde_json::Value::Object(
+        rows.iter()
+            .map(|(name, s)| (name.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .collect(),
+    )
+}
+
 /// The comparison as a text table.
-pub fn format_table(rows: &BTreeMap<String, Summary>) -> String {
+pub fn format_table(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<22} {:>15} {:>15} {:>15} {:>6} {:>5}\n",
         "method", "ACC", "NMI", "ARI", "n", "seeds"

@@ -342,20 +342,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let rows = compare::run(&job).context("comparison failed")?;
             match args.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&compare::to_json(&rows))?
+                ),
                 Format::Text => print!("{}", compare::format_table(&rows)),
             }
             Ok(())
         }
         Command::Quickstart { out, seed } => {
-            let sources = datasets::default_sources_dir();
-            let built = datasets::build(DatasetName::MnistGrass, &out, seed, &sources)?;
-            println!(
-                "dataset: {} and {}",
-                built.target.display(),
-                built.reference.display()
-            );
-            Ok(())
+            salient::quickstart::run(&out, seed).context("quickstart failed")
         }
     }
 }

@@ -64,6 +64,11 @@ pub struct TrainConfig {
     pub beta: f64,
     /// Weight of the salient/background cross-covariance penalty on target batches.
     pub gamma_xcov: f64,
+    /// Weight of an auxiliary in-batch two-view contrast on the salient features (NT-Xent over a
+    /// second augmented view of the target batch); 0 turns it off.
+    pub two_view_weight: f64,
+    /// Temperature of the two-view contrast.
+    pub two_view_tau: f64,
     /// One softmax over a joint bank of target and reference rows (reference rows have a zero
     /// salient part) instead of separate banks.
     pub joint_bank: bool,
@@ -104,6 +109,8 @@ impl Default for TrainConfig {
             lambda: 1.0,
             beta: 5.0,
             gamma_xcov: 0.0,
+            two_view_weight: 0.0,
+            two_view_tau: 0.5,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,

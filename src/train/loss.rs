@@ -45,6 +45,22 @@ pub fn cross_covariance(s: &Tensor, z: &Tensor) -> Result<Tensor> {
     cov.sqr()?.sum_all()
 }
 
+/// NT-Xent (SimCLR) between two views of a batch of L2-normalised features (B×d each): every
+/// row's positive is its other view, the other 2B − 2 rows are negatives.
+pub fn two_view_contrast(a: &Tensor, b: &Tensor, tau: f64) -> Result<Tensor> {
+    let n = a.dim(0)?;
+    let z = Tensor::cat(&[a, b], 0)?;
+    let sim = (z.matmul(&z.t()?)? / tau)?;
+    // Mask self-similarity with a large negative number.
+    let eye = Tensor::eye(2 * n, sim.dtype(), sim.device())?;
+    let sim = (sim - (eye * 1e9)?)?;
+    let targets: Vec<u32> = (0..2 * n as u32)
+        .map(|i| (i + n as u32) % (2 * n as u32))
+        .collect();
+    let targets = Tensor::from_vec(targets, 2 * n, sim.device())?;
+    cross_entropy(&sim, &targets)
+}
+
 /// Log-softmax row maxima, for diagnostics: mean probability the model gives each row's own index.
 pub fn own_index_probability(logits: &Tensor, targets: &Tensor) -> Result<f32> {
     let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
@@ -112,6 +128,17 @@ mod tests {
         assert!(scalar(&cross_covariance(&s, &z).unwrap()).abs() < 1e-12);
         // z = s: Cov = Var(s) = 4/3, squared 16/9.
         assert!((scalar(&cross_covariance(&s, &s).unwrap()) - 16.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_view_contrast_matches_a_hand_computed_value() {
+        // Two rows, views identical: a = b = [[1,0],[0,1]], τ = 1. Row 0's logits against
+        // rows [0,1,2,3] are [masked, 0, 1, 0]: CE = log(1 + e + 1) − 1, same for every row.
+        let a = t(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let e = std::f64::consts::E;
+        let expected = (2.0 + e).ln() - 1.0;
+        let got = scalar(&two_view_contrast(&a, &a, 1.0).unwrap());
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
     }
 
     /// Central finite differences in f64 against candle's backward pass.

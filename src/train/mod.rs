@@ -101,6 +101,7 @@ pub struct StepStats {
     pub fd: f32,
     pub reference_salient: f32,
     pub xcov: f32,
+    pub two_view: f32,
 }
 
 /// Mean losses of one epoch, its learning rate and speed.
@@ -114,6 +115,7 @@ pub struct EpochStats {
     pub fd: f32,
     pub reference_salient: f32,
     pub xcov: f32,
+    pub two_view: f32,
     pub seconds: f64,
     /// Images through the encoders per second (target and reference batches counted).
     pub images_per_second: f64,
@@ -341,6 +343,7 @@ impl Trainer {
                 (&mut sums.fd, stats.fd),
                 (&mut sums.reference_salient, stats.reference_salient),
                 (&mut sums.xcov, stats.xcov),
+                (&mut sums.two_view, stats.two_view),
             ] {
                 *sum += v;
             }
@@ -365,6 +368,7 @@ impl Trainer {
             fd: sums.fd / n,
             reference_salient: sums.reference_salient / n,
             xcov: sums.xcov / n,
+            two_view: sums.two_view / n,
             seconds,
             images_per_second: images as f64 / seconds.max(1e-9),
         })
@@ -395,7 +399,7 @@ impl Trainer {
             &images,
             overlays.as_deref(),
             &cfg.augment,
-            stream * 2,
+            stream.wrapping_mul(2),
         )?;
         let targets = Tensor::from_vec(
             idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
@@ -407,11 +411,29 @@ impl Trainer {
         let mut logit_t = self.bank_s.similarities(&s)?;
         let mut stats = StepStats::default();
         let mut fd = loss::feature_decorrelation(&s, cfg.tau2)?;
+        // Auxiliary two-view contrast: a second, independently augmented view of the batch.
+        let two_view = if cfg.two_view_weight > 0.0 {
+            let shifted: Option<Vec<&[u8]>> = overlays
+                .as_ref()
+                .map(|o| (0..o.len()).map(|i| o[(i + 1) % o.len()]).collect());
+            let xt2 = self.batch_tensor_with_overlays(
+                &images,
+                shifted.as_deref(),
+                &cfg.augment,
+                stream.wrapping_mul(2).wrapping_add(1 << 62),
+            )?;
+            let s2 = self.salient.forward_t(&xt2, true)?;
+            let tv = loss::two_view_contrast(&s, &s2, cfg.two_view_tau)?;
+            stats.two_view = tv.to_scalar::<f32>()?;
+            Some((tv * cfg.two_view_weight)?)
+        } else {
+            None
+        };
 
         let mut background_parts = None;
         if let (Some(g_z), Some(reference)) = (&self.background, reference) {
             let ref_images: Vec<&[u8]> = ref_idx.iter().map(|&i| reference.image(i)).collect();
-            let xb = self.batch_tensor(&ref_images, &cfg.augment, stream * 2 + 1)?;
+            let xb = self.batch_tensor(&ref_images, &cfg.augment, stream.wrapping_mul(2) + 1)?;
             let ref_targets = Tensor::from_vec(
                 ref_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
                 ref_idx.len(),
@@ -469,6 +491,9 @@ impl Trainer {
         stats.id_target = id_t.to_scalar::<f32>()?;
         stats.fd = fd.to_scalar::<f32>()?;
         let mut total = (id_t + (fd * cfg.alpha)?)?;
+        if let Some(tv) = two_view {
+            total = (total + tv)?;
+        }
         if let Some((_, _, _, extra)) = &background_parts {
             total = (total + extra)?;
         }

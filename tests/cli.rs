@@ -1,0 +1,154 @@
+//! The `salient` binary as a user meets it: exit statuses, one clear error line, no panics.
+
+use std::process::{Command, Output};
+
+fn salient(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_salient"))
+        .args(args)
+        .env("SALIENT_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn datasets_list_names_every_dataset() {
+    let out = salient(&["datasets", "list"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("mnist-grass") && stdout.contains("fashion-textures"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_input_errors_exit_1_without_panicking() {
+    let out = salient(&["train", "--target"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.parquet");
+    let model = dir.path().join("model");
+    let out = salient(&[
+        "train",
+        "--target",
+        missing.to_str().unwrap(),
+        "--reference",
+        missing.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: ") && err.contains("missing.parquet"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!model.exists(), "a failed run wrote {}", model.display());
+
+    let out = salient(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_source_is_explained_and_nothing_is_written() {
+    let empty = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = salient(&[
+        "datasets",
+        "build",
+        "fashion-textures",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+        "--sources",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("fetch-fashion-mnist.sh"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn evaluate_prints_json_with_the_contract_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let build = salient(&[
+        "datasets",
+        "build",
+        "mnist-grass",
+        "--out",
+        d.to_str().unwrap(),
+        "--rows",
+        "96",
+    ]);
+    assert_eq!(build.status.code(), Some(0), "{}", stderr(&build));
+    let target = d.join("mnist-grass/target.parquet");
+    let reference = d.join("mnist-grass/reference.parquet");
+    let config = d.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "epochs = 1\nbatch_size = 32\nwidth = 8\ndim_salient = 8\ndim_background = 8\nkmeans_restarts = 2\n",
+    )
+    .unwrap();
+    let model = d.join("model");
+    let train = salient(&[
+        "train",
+        "--target",
+        target.to_str().unwrap(),
+        "--reference",
+        reference.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(train.status.code(), Some(0), "{}", stderr(&train));
+    let eval = salient(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        target.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(eval.status.code(), Some(0), "{}", stderr(&eval));
+    let v: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    for key in ["acc", "nmi", "ari"] {
+        let x = v[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x) || key == "ari", "{key} = {x}");
+    }
+    assert_eq!(v["n"], 96);
+
+    // An unknown setting in the config file is refused by name.
+    std::fs::write(&config, "epohcs = 1\n").unwrap();
+    let bad = salient(&[
+        "train",
+        "--target",
+        target.to_str().unwrap(),
+        "--reference",
+        reference.to_str().unwrap(),
+        "--out",
+        d.join("model2").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("epohcs"), "{}", stderr(&bad));
+}
