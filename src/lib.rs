@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod nhwc;
+pub mod pipeline;
 pub mod quickstart;
 pub mod train;
 

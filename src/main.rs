@@ -64,6 +64,14 @@ enum Command {
     },
     /// Run the baselines (raw, PCA, contrastive PCA) and IDFD / cIDFD on the same data and seeds.
     Compare(CompareArgs),
+    /// Run a scheduled job described by a pipeline file (see pipelines/); steps whose inputs and
+    /// settings did not change since the last successful run are skipped.
+    Run {
+        pipeline: PathBuf,
+        /// Rerun every step.
+        #[arg(long)]
+        force: bool,
+    },
     /// The README's main job on the bundled data; prints where everything went.
     Quickstart {
         /// Where the quickstart writes its outputs.
@@ -348,6 +356,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 Format::Text => print!("{}", compare::format_table(&rows)),
             }
+            Ok(())
+        }
+        Command::Run { pipeline, force } => {
+            let spec = salient::pipeline::Pipeline::from_file(&pipeline)?;
+            let report = salient::pipeline::run(&spec, force)
+                .with_context(|| format!("pipeline {} failed", pipeline.display()))?;
+            for (step, outcome) in &report.steps {
+                println!("{step:<9} {outcome:?}");
+            }
+            if let Some(m) = report.metrics {
+                println!(
+                    "ACC {:.4}  NMI {:.4}  ARI {:.4}  (n = {})",
+                    m.acc, m.nmi, m.ari, m.n
+                );
+            }
+            println!("outputs: {}", report.out.display());
             Ok(())
         }
         Command::Quickstart { out, seed } => {

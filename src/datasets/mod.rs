@@ -45,7 +45,7 @@ const BRICK_PNG: &[u8] = include_bytes!("../../data/bundled/brick.png");
 const ROWS_PER_GROUP: usize = 2048;
 
 /// A dataset salient can build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     /// MNIST digits on grass (bundled; no network needed).

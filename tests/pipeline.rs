@@ -1,0 +1,104 @@
+//! `salient run`: steps run once, reruns skip what did not change, a changed setting reruns
+//! only the steps after it, and a broken pipeline file is refused by name.
+
+use salient::pipeline::{run, Pipeline, StepOutcome, STATE_FILE};
+
+fn pipeline(out: &std::path::Path, epochs: usize) -> Pipeline {
+    let text = format!(
+        r#"
+name = "tiny"
+out = "{}"
+[data]
+dataset = "mnist-grass"
+rows = 96
+[train]
+epochs = {epochs}
+batch_size = 32
+width = 8
+dim_salient = 8
+dim_background = 8
+kmeans_restarts = 2
+[evaluate]
+"#,
+        out.display()
+    );
+    let file = out.with_extension("toml");
+    std::fs::write(&file, text).unwrap();
+    Pipeline::from_file(&file).unwrap()
+}
+
+fn outcomes(report: &salient::pipeline::RunReport) -> Vec<(&str, StepOutcome)> {
+    report
+        .steps
+        .iter()
+        .map(|(s, o)| (s.as_str(), o.clone()))
+        .collect()
+}
+
+#[test]
+fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let first = run(&pipeline(&out, 1), false).unwrap();
+    use StepOutcome::*;
+    assert_eq!(
+        outcomes(&first),
+        vec![("data", Ran), ("train", Ran), ("evaluate", Ran)]
+    );
+    assert_eq!(first.metrics.unwrap().n, 96);
+    assert!(out.join(STATE_FILE).is_file() && out.join("metrics.json").is_file());
+
+    let again = run(&pipeline(&out, 1), false).unwrap();
+    assert_eq!(
+        outcomes(&again),
+        vec![("data", Skipped), ("train", Skipped), ("evaluate", Skipped)]
+    );
+    assert_eq!(again.metrics.unwrap().acc, first.metrics.unwrap().acc);
+
+    let changed = run(&pipeline(&out, 2), false).unwrap();
+    assert_eq!(
+        outcomes(&changed),
+        vec![("data", Skipped), ("train", Ran), ("evaluate", Ran)]
+    );
+
+    // A lost output is rebuilt even though the state says the step is done.
+    std::fs::remove_file(out.join("metrics.json")).unwrap();
+    let rebuilt = run(&pipeline(&out, 2), false).unwrap();
+    assert_eq!(
+        outcomes(&rebuilt),
+        vec![("data", Skipped), ("train", Skipped), ("evaluate", Ran)]
+    );
+}
+
+#[test]
+fn a_pipeline_without_data_or_with_unknown_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"x\"\nout = \"o\"\n[data]\nseed = 1\n[train]\n",
+    )
+    .unwrap();
+    let err = Pipeline::from_file(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml") && err.contains("exactly one of"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "name = \"x\"\nout = \"o\"\n[data]\ndataset = \"mnist-grass\"\n[train]\nepochz = 1\n",
+    )
+    .unwrap();
+    let err = Pipeline::from_file(&file).unwrap_err().to_string();
+    assert!(err.contains("epochz"), "{err}");
+}
+
+#[test]
+fn the_shipped_pipelines_parse() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
