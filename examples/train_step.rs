@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
             in_channels: 1,
             dim: 128,
             width,
+            head_norm: false,
         },
         vb,
     )?;

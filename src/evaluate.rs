@@ -72,6 +72,7 @@ impl TrainedModel {
                     .config
                     .width
                     .unwrap_or(manifest.config.architecture.default_width()),
+                head_norm: manifest.config.head_norm,
             },
             vb.pp("salient"),
         )?;

@@ -29,6 +29,11 @@ pub struct EncoderConfig {
     /// Channels of the first stage; later stages double it (small-cnn: w, 2w, 4w, 8w;
     /// resnet18: 64 by default as in IDFD).
     pub width: usize,
+    /// Batch-normalise the head's output before L2 normalisation. Without it, a fresh encoder
+    /// maps images that share a background to nearly one direction (the common component of
+    /// pooled ReLU features dominates), where contrastive gradients vanish.
+    #[serde(default)]
+    pub head_norm: bool,
 }
 
 impl Architecture {
@@ -242,6 +247,7 @@ enum Trunk {
 pub struct Encoder {
     trunk: Trunk,
     head: Linear,
+    head_norm: Option<RowBatchNorm>,
     pub config: EncoderConfig,
 }
 
@@ -281,9 +287,15 @@ impl Encoder {
             }
         };
         let head = linear(features, config.dim, vb.pp("head"))?;
+        let head_norm = if config.head_norm {
+            Some(RowBatchNorm::new(config.dim, vb.pp("head_bn"))?)
+        } else {
+            None
+        };
         Ok(Self {
             trunk,
             head,
+            head_norm,
             config,
         })
     }
@@ -308,7 +320,11 @@ impl Encoder {
         // Global average pooling over H and W.
         let (b, hh, ww, c) = h.dims4()?;
         let pooled = h.reshape((b, hh * ww, c))?.mean(1)?;
-        self.head.forward(&pooled)
+        let out = self.head.forward(&pooled)?;
+        match &self.head_norm {
+            Some(bn) => bn.forward_rows(&out, train),
+            None => Ok(out),
+        }
     }
 
     /// L2-normalised embeddings (B×dim).

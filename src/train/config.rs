@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub architecture: Architecture,
     /// First-stage channels of the encoders (default: the architecture's).
     pub width: Option<usize>,
+    /// Batch norm on the encoders' outputs before L2 normalisation (see `EncoderConfig`).
+    pub head_norm: bool,
     /// Salient embedding dimension d_s.
     pub dim_salient: usize,
     /// Background embedding dimension d_z.
@@ -93,6 +95,7 @@ impl Default for TrainConfig {
             method: Method::Cidfd,
             architecture: Architecture::SmallCnn,
             width: None,
+            head_norm: false,
             dim_salient: 128,
             dim_background: 128,
             epochs: 20,

@@ -156,6 +156,7 @@ impl Trainer {
                 in_channels: shape.channels,
                 dim: config.dim_salient,
                 width: config.width.unwrap_or(config.architecture.default_width()),
+                head_norm: config.head_norm,
             },
             vb.pp("salient"),
         )?;
@@ -167,6 +168,7 @@ impl Trainer {
                     in_channels: shape.channels,
                     dim: config.dim_background,
                     width: config.width.unwrap_or(config.architecture.default_width()),
+                    head_norm: config.head_norm,
                 },
                 vb.pp("background"),
             )?)
@@ -407,7 +409,34 @@ impl Trainer {
             device,
         )?;
 
-        let s = self.salient.forward_t(&xt, true)?;
+        // The reference batch, when the background encoder (or β) needs it.
+        let reference_batch = match (reference, self.background.is_some()) {
+            (Some(reference), true) => {
+                let ref_images: Vec<&[u8]> = ref_idx.iter().map(|&i| reference.image(i)).collect();
+                let xb =
+                    self.batch_tensor(&ref_images, &cfg.augment, stream.wrapping_mul(2) + 1)?;
+                let ref_targets = Tensor::from_vec(
+                    ref_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    ref_idx.len(),
+                    device,
+                )?;
+                Some((xb, ref_targets))
+            }
+            _ => None,
+        };
+        let b = idx.len();
+        // With β, g_s sees target and reference images in one batch: one pass, and batch
+        // statistics shared by the two sets, so a constant s(b) does not force a constant s(x).
+        let (s, sb) = match &reference_batch {
+            Some((xb, _)) if cfg.beta != 0.0 => {
+                let both = self.salient.forward_t(&Tensor::cat(&[&xt, xb], 0)?, true)?;
+                (
+                    both.narrow(0, 0, b)?,
+                    Some(both.narrow(0, b, both.dim(0)? - b)?),
+                )
+            }
+            _ => (self.salient.forward_t(&xt, true)?, None),
+        };
         let mut logit_t = self.bank_s.similarities(&s)?;
         let mut stats = StepStats::default();
         let mut fd = loss::feature_decorrelation(&s, cfg.tau2)?;
@@ -431,16 +460,11 @@ impl Trainer {
         };
 
         let mut background_parts = None;
-        if let (Some(g_z), Some(reference)) = (&self.background, reference) {
-            let ref_images: Vec<&[u8]> = ref_idx.iter().map(|&i| reference.image(i)).collect();
-            let xb = self.batch_tensor(&ref_images, &cfg.augment, stream.wrapping_mul(2) + 1)?;
-            let ref_targets = Tensor::from_vec(
-                ref_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                ref_idx.len(),
-                device,
-            )?;
-            let zx = g_z.forward_t(&xt, true)?;
-            let zb = g_z.forward_t(&xb, true)?;
+        if let (Some(g_z), Some((xb, ref_targets))) = (&self.background, reference_batch) {
+            // One pass of g_z over the target and reference batches.
+            let z = g_z.forward_t(&Tensor::cat(&[&xt, &xb], 0)?, true)?;
+            let zx = z.narrow(0, 0, b)?;
+            let zb = z.narrow(0, b, z.dim(0)? - b)?;
             let (bank_zt, bank_zb) = (self.bank_zt.as_ref(), self.bank_zb.as_ref());
             let (bank_zt, bank_zb) = match (bank_zt, bank_zb) {
                 (Some(t), Some(b)) => (t, b),
@@ -473,9 +497,8 @@ impl Trainer {
                 fd = (fd + loss::feature_decorrelation(&Tensor::cat(&[&zx, &zb], 0)?, cfg.tau2)?)?;
             }
             let mut extra = id_b;
-            if cfg.beta != 0.0 {
-                let sb = self.salient.forward_t(&xb, true)?;
-                let r = loss::reference_salient(&sb)?;
+            if let Some(sb) = &sb {
+                let r = loss::reference_salient(sb)?;
                 stats.reference_salient = r.to_scalar::<f32>()?;
                 extra = (extra + (r * cfg.beta)?)?;
             }
