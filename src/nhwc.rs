@@ -197,7 +197,7 @@ pub type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 #[derive(Clone, Debug)]
 struct BatchNormRows {
     eps: f64,
-    /// (mean, biased variance) of the last forward pass.
+    /// (mean, biased variance) of the forward pass, for the running averages and the backward.
     stats: BatchStats,
 }
 
@@ -288,11 +288,21 @@ impl CustomOp3 for BatchNormRows {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
+        let (mean, var) = self
+            .stats
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| {
+                candle_core::Error::Msg("batch norm backward without forward statistics".into())
+            })?;
         let packed = x.contiguous()?.apply_op2_no_bwd(
             &grad.contiguous()?,
             &BatchNormRowsBackward {
                 eps: self.eps,
                 gamma: gamma.to_vec1::<f32>()?,
+                mean,
+                var,
             },
         )?;
         let dx = packed.narrow(0, 0, n)?;
@@ -306,6 +316,9 @@ impl CustomOp3 for BatchNormRows {
 struct BatchNormRowsBackward {
     eps: f64,
     gamma: Vec<f32>,
+    /// The forward pass's batch statistics.
+    mean: Vec<f32>,
+    var: Vec<f32>,
 }
 
 impl CustomOp2 for BatchNormRowsBackward {
@@ -323,7 +336,7 @@ impl CustomOp2 for BatchNormRowsBackward {
         let x = f32_contiguous(s1, l1, self.name())?;
         let dy = f32_contiguous(s2, l2, self.name())?;
         let (n, c) = l1.shape().dims2()?;
-        let (mean, var) = moments(x, n, c);
+        let (mean, var) = (&self.mean, &self.var);
         let invstd: Vec<f32> = var
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
@@ -375,7 +388,8 @@ pub fn batch_norm_rows_train(
             stats: stats.clone(),
         },
     )?;
-    let taken = stats.lock().ok().and_then(|mut s| s.take());
+    // The op keeps its statistics for the backward pass; the caller gets a copy.
+    let taken = stats.lock().ok().and_then(|s| s.clone());
     let (mean, var) =
         taken.ok_or_else(|| candle_core::Error::Msg("batch norm ran without statistics".into()))?;
     Ok((y, mean, var))

@@ -45,25 +45,6 @@ pub struct TrainReport {
     pub metrics: Option<ClusterScores>,
 }
 
-/// One row of `training_log.csv` (the csv crate cannot flatten nested structs).
-#[derive(Serialize)]
-struct LogRow {
-    epoch: usize,
-    lr: f64,
-    loss: f32,
-    id_target: f32,
-    id_reference: f32,
-    fd: f32,
-    reference_salient: f32,
-    xcov: f32,
-    two_view: f32,
-    seconds: f64,
-    images_per_second: f64,
-    acc: Option<f64>,
-    nmi: Option<f64>,
-    ari: Option<f64>,
-}
-
 fn fingerprints(spec: &str) -> Result<Vec<FileFingerprint>> {
     resolve_parquet_files(spec)?
         .into_iter()
@@ -177,11 +158,12 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         append_log(&log_path, &last, scores.as_ref())?;
         tracing::info!(
             epoch,
-            loss = last.loss,
-            id_target = last.id_target,
-            id_reference = last.id_reference,
-            fd = last.fd,
-            reference_salient = last.reference_salient,
+            loss = last.losses.loss,
+            id_target = last.losses.id_target,
+            id_reference = last.losses.id_reference,
+            fd = last.losses.fd,
+            reference_salient = last.losses.reference_salient,
+            two_view = last.losses.two_view,
             lr = last.lr,
             images_per_second = format!("{:.0}", last.images_per_second),
             acc = scores.as_ref().map(|s| format!("{:.4}", s.acc)),
@@ -297,28 +279,30 @@ fn append_log(path: &Path, stats: &EpochStats, scores: Option<&ClusterScores>) -
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    let mut writer = csv::WriterBuilder::new()
-        .has_headers(!exists)
-        .from_writer(file);
-    writer
-        .serialize(LogRow {
-            epoch: stats.epoch,
-            lr: stats.lr,
-            loss: stats.loss,
-            id_target: stats.id_target,
-            id_reference: stats.id_reference,
-            fd: stats.fd,
-            reference_salient: stats.reference_salient,
-            xcov: stats.xcov,
-            two_view: stats.two_view,
-            seconds: stats.seconds,
-            images_per_second: stats.images_per_second,
-            acc: scores.map(|s| s.acc),
-            nmi: scores.map(|s| s.nmi),
-            ari: scores.map(|s| s.ari),
-        })
-        .and_then(|_| writer.flush().map_err(csv::Error::from))
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    let losses = stats.losses.named();
+    let metric = |f: fn(&ClusterScores) -> f64| scores.map_or(String::new(), |s| f(s).to_string());
+    let mut writer = csv::Writer::from_writer(file);
+    let mut write = || -> std::result::Result<(), csv::Error> {
+        if !exists {
+            let mut header = vec!["epoch", "lr"];
+            header.extend(losses.iter().map(|(name, _)| *name));
+            header.extend(["seconds", "images_per_second", "acc", "nmi", "ari"]);
+            writer.write_record(&header)?;
+        }
+        let mut row = vec![stats.epoch.to_string(), stats.lr.to_string()];
+        row.extend(losses.iter().map(|(_, v)| v.to_string()));
+        row.extend([
+            stats.seconds.to_string(),
+            stats.images_per_second.to_string(),
+            metric(|s| s.acc),
+            metric(|s| s.nmi),
+            metric(|s| s.ari),
+        ]);
+        writer.write_record(&row)?;
+        writer.flush()?;
+        Ok(())
+    };
+    write().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 fn progress_bar(epochs: usize, done: usize, steps: usize) -> Option<ProgressBar> {

@@ -92,8 +92,8 @@ impl ImageSet {
     }
 }
 
-/// Losses and speed of one training step.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The loss terms of one step (or their means over an epoch).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct StepStats {
     pub loss: f32,
     pub id_target: f32,
@@ -104,18 +104,43 @@ pub struct StepStats {
     pub two_view: f32,
 }
 
+impl StepStats {
+    /// Every term with its name, in the training log's column order.
+    pub fn named(&self) -> [(&'static str, f32); 7] {
+        [
+            ("loss", self.loss),
+            ("id_target", self.id_target),
+            ("id_reference", self.id_reference),
+            ("fd", self.fd),
+            ("reference_salient", self.reference_salient),
+            ("xcov", self.xcov),
+            ("two_view", self.two_view),
+        ]
+    }
+
+    fn map(&self, f: impl Fn(f32) -> f32) -> Self {
+        self.map2(self, |a, _| f(a))
+    }
+
+    fn map2(&self, other: &Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Self {
+            loss: f(self.loss, other.loss),
+            id_target: f(self.id_target, other.id_target),
+            id_reference: f(self.id_reference, other.id_reference),
+            fd: f(self.fd, other.fd),
+            reference_salient: f(self.reference_salient, other.reference_salient),
+            xcov: f(self.xcov, other.xcov),
+            two_view: f(self.two_view, other.two_view),
+        }
+    }
+}
+
 /// Mean losses of one epoch, its learning rate and speed.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub lr: f64,
-    pub loss: f32,
-    pub id_target: f32,
-    pub id_reference: f32,
-    pub fd: f32,
-    pub reference_salient: f32,
-    pub xcov: f32,
-    pub two_view: f32,
+    pub losses: StepStats,
     pub seconds: f64,
     /// Images through the encoders per second (target and reference batches counted).
     pub images_per_second: f64,
@@ -338,17 +363,7 @@ impl Trainer {
                 } else {
                     0
                 };
-            for (sum, v) in [
-                (&mut sums.loss, stats.loss),
-                (&mut sums.id_target, stats.id_target),
-                (&mut sums.id_reference, stats.id_reference),
-                (&mut sums.fd, stats.fd),
-                (&mut sums.reference_salient, stats.reference_salient),
-                (&mut sums.xcov, stats.xcov),
-                (&mut sums.two_view, stats.two_view),
-            ] {
-                *sum += v;
-            }
+            sums = sums.map2(&stats, |a, b| a + b);
             if !stats.loss.is_finite() {
                 return Err(Error::Invalid(format!(
                     "training diverged at epoch {} step {step}: loss is {} (try a lower lr)",
@@ -364,13 +379,7 @@ impl Trainer {
         Ok(EpochStats {
             epoch: self.epoch,
             lr,
-            loss: sums.loss / n,
-            id_target: sums.id_target / n,
-            id_reference: sums.id_reference / n,
-            fd: sums.fd / n,
-            reference_salient: sums.reference_salient / n,
-            xcov: sums.xcov / n,
-            two_view: sums.two_view / n,
+            losses: sums.map(|a| a / n),
             seconds,
             images_per_second: images as f64 / seconds.max(1e-9),
         })
