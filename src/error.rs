@@ -46,7 +46,9 @@ pub enum Error {
     },
 
     #[error("{path}: {message}")]
-    Dataset { path: PathBuf, message: String },
+    /// A problem with a file that is not about one column or row: a corrupt model, a missing
+    /// source, an inconsistent model directory.
+    File { path: PathBuf, message: String },
 
     #[error("k-means: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),

@@ -40,7 +40,7 @@ impl TrainedModel {
         let weights = dir.join(WEIGHTS_FILE);
         let sha = sha256_file(&weights)?;
         if sha != manifest.weights_sha256 {
-            return Err(Error::Dataset {
+            return Err(Error::File {
                 path: weights,
                 message: format!(
                     "sha256 {sha} differs from the manifest's {}; the model directory is inconsistent",
@@ -50,13 +50,13 @@ impl TrainedModel {
         }
         let device = candle_core::Device::Cpu;
         let tensors =
-            candle_core::safetensors::load(&weights, &device).map_err(|e| Error::Dataset {
+            candle_core::safetensors::load(&weights, &device).map_err(|e| Error::File {
                 path: weights.clone(),
                 message: format!("unreadable weights ({e})"),
             })?;
         let centroids = tensors
             .get(CENTROIDS_TENSOR)
-            .ok_or_else(|| Error::Dataset {
+            .ok_or_else(|| Error::File {
                 path: weights.clone(),
                 message: format!("no `{CENTROIDS_TENSOR}` tensor"),
             })?

@@ -67,7 +67,7 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Dataset {
+        serde_json::from_str(&text).map_err(|e| Error::File {
             path,
             message: format!("not a salient manifest ({e})"),
         })

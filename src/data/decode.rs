@@ -165,7 +165,7 @@ pub fn decode_batch(
     size: SizePolicy,
     nulls: NullPolicy,
 ) -> Result<DecodedBatch> {
-    let images = ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::Dataset {
+    let images = ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::File {
         path: batch.path.to_path_buf(),
         message,
     })?;
@@ -251,11 +251,10 @@ pub fn probe_shape(bytes: &[u8]) -> std::result::Result<ImageShape, String> {
 pub fn probe_table_shape(spec: &str, options: &super::ReaderOptions) -> Result<ImageShape> {
     for batch in super::ImageTableReader::open(spec, options.clone())? {
         let batch = batch?;
-        let images =
-            ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::Dataset {
-                path: batch.path.to_path_buf(),
-                message,
-            })?;
+        let images = ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::File {
+            path: batch.path.to_path_buf(),
+            message,
+        })?;
         for row in 0..batch.len() {
             if let ImageCell::Bytes(bytes) = images.get(row) {
                 return probe_shape(bytes).map_err(|message| Error::Row {

@@ -55,7 +55,7 @@ pub fn parquet_fingerprint(path: &std::path::Path) -> Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let corrupt = || Error::Dataset {
+    let corrupt = || Error::File {
         path: path.to_path_buf(),
         message: "not a Parquet file (no PAR1 footer)".into(),
     };

@@ -17,7 +17,7 @@ pub struct IdxArray {
 
 /// Parses IDX bytes (gzip is detected by its magic number).
 pub fn parse_idx(bytes: &[u8], origin: &Path) -> Result<IdxArray> {
-    let invalid = |message: String| Error::Dataset {
+    let invalid = |message: String| Error::File {
         path: origin.to_path_buf(),
         message,
     };
@@ -80,7 +80,7 @@ pub fn images_and_labels(
 ) -> Result<(usize, usize, Vec<u8>, Vec<u8>)> {
     match (images.dims.as_slice(), labels.dims.as_slice()) {
         ([n, h, w], [m]) if n == m => Ok((*h, *w, images.data, labels.data)),
-        (i, l) => Err(Error::Dataset {
+        (i, l) => Err(Error::File {
             path: origin.to_path_buf(),
             message: format!("IDX images {i:?} and labels {l:?} do not pair up"),
         }),

@@ -203,7 +203,7 @@ fn fashion_mnist(sources: &Path) -> Result<Objects> {
     let images_path = dir.join("t10k-images-idx3-ubyte.gz");
     let labels_path = dir.join("t10k-labels-idx1-ubyte.gz");
     if !images_path.is_file() || !labels_path.is_file() {
-        return Err(Error::Dataset {
+        return Err(Error::File {
             path: dir.clone(),
             message: format!(
                 "Fashion-MNIST not found (expected t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz); \
@@ -234,7 +234,7 @@ struct Background {
 
 impl Background {
     fn from_png(name: &'static str, bytes: &[u8]) -> Result<Self> {
-        let image = image::load_from_memory(bytes).map_err(|e| Error::Dataset {
+        let image = image::load_from_memory(bytes).map_err(|e| Error::File {
             path: PathBuf::from(format!("data/bundled/{name}")),
             message: format!("cannot decode bundled background: {e}"),
         })?;

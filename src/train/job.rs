@@ -82,7 +82,12 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
                 "cIDFD needs a reference table of background-only images (--reference); use --method idfd to train without one".into(),
             ))
         }
-        _ => None,
+        _ => {
+            if config.augment.overlay_p > 0.0 {
+                tracing::warn!("augment.overlay_p is set but no reference table is given: no overlays");
+            }
+            None
+        }
     };
     let labels = target.complete_labels();
     let k = config.clusters.unwrap_or_else(|| {

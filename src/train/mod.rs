@@ -589,12 +589,12 @@ impl Trainer {
 
     /// Restores a checkpoint written by [`Trainer::save_checkpoint`] for the same configuration.
     pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
-        let mismatch = |what: String| Error::Dataset {
+        let mismatch = |what: String| Error::File {
             path: path.to_path_buf(),
             message: format!("checkpoint does not match this training configuration: {what}"),
         };
         let tensors =
-            candle_core::safetensors::load(path, &self.device).map_err(|e| Error::Dataset {
+            candle_core::safetensors::load(path, &self.device).map_err(|e| Error::File {
                 path: path.to_path_buf(),
                 message: format!("unreadable checkpoint ({e})"),
             })?;
