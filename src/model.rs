@@ -1,7 +1,7 @@
 //! The encoders of IDFD and cIDFD in candle. Device-agnostic: every tensor is created on the
 //! device of the `VarBuilder`, so CUDA is one feature flag and one `Device` away.
 
-use candle_core::{DType, Module, Result, Tensor, Var, D};
+use candle_core::{Module, Result, Tensor, Var, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::nhwc::{batch_norm_rows_train, conv2d_nhwc_rows, ConvGeometry};
@@ -341,25 +341,4 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
         .sqrt()?
         .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
-}
-
-/// Converts a uint8 batch (B×C×H×W values) to normalised floats on the encoder's device.
-pub fn normalize_batch(
-    pixels: &[f32],
-    batch: usize,
-    shape: crate::data::ImageShape,
-    mean: &[f32],
-    std: &[f32],
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    let x = Tensor::from_slice(
-        pixels,
-        (batch, shape.channels, shape.height, shape.width),
-        device,
-    )?;
-    let mean = Tensor::from_slice(mean, (1, shape.channels, 1, 1), device)?;
-    let std = Tensor::from_slice(std, (1, shape.channels, 1, 1), device)?;
-    x.to_dtype(DType::F32)?
-        .broadcast_sub(&mean)?
-        .broadcast_div(&std)
 }

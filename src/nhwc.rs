@@ -26,6 +26,32 @@ impl ConvGeometry {
     pub fn output_size(&self, input: usize) -> usize {
         (input + 2 * self.padding - self.kernel) / self.stride + 1
     }
+
+    /// Calls `f(pixel, tap)` for every kernel tap of output pixel (oy, ox) that falls inside the
+    /// (h, w) input: `pixel` is the input pixel's index (iy·w + ix), `tap` is ky·K + kx, the
+    /// tap's slot in an im2col row. Taps in the zero padding are skipped.
+    fn for_each_tap(
+        &self,
+        oy: usize,
+        ox: usize,
+        h: usize,
+        w: usize,
+        mut f: impl FnMut(usize, usize),
+    ) {
+        for ky in 0..self.kernel {
+            let iy = (oy * self.stride + ky) as isize - self.padding as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for kx in 0..self.kernel {
+                let ix = (ox * self.stride + kx) as isize - self.padding as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                f(iy as usize * w + ix as usize, ky * self.kernel + kx);
+            }
+        }
+    }
 }
 
 /// (B, H, W, C) → (B, OH, OW, K·K·C): each output pixel's receptive field, rows ordered
@@ -81,21 +107,9 @@ impl CustomOp1 for Im2Col {
                 let image = &x[bi * h * w * c..(bi + 1) * h * w * c];
                 for ox in 0..ow {
                     let cell = &mut dst[ox * row..(ox + 1) * row];
-                    for ky in 0..g.kernel {
-                        let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..g.kernel {
-                            let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let src = (iy as usize * w + ix as usize) * c;
-                            let at = (ky * g.kernel + kx) * c;
-                            cell[at..at + c].copy_from_slice(&image[src..src + c]);
-                        }
-                    }
+                    g.for_each_tap(oy, ox, h, w, |src, at| {
+                        cell[at * c..(at + 1) * c].copy_from_slice(&image[src * c..(src + 1) * c]);
+                    });
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, row))))
@@ -132,24 +146,13 @@ impl CustomOp1 for Col2Im {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let cell = &src_image[(oy * ow + ox) * row..(oy * ow + ox + 1) * row];
-                        for ky in 0..g.kernel {
-                            let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..g.kernel {
-                                let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                let dst = (iy as usize * w + ix as usize) * c;
-                                let at = (ky * g.kernel + kx) * c;
-                                for (d, s) in image[dst..dst + c].iter_mut().zip(&cell[at..at + c])
-                                {
-                                    *d += s;
-                                }
-                            }
-                        }
+                        g.for_each_tap(oy, ox, h, w, |dst, at| {
+                            let (d, s) = (
+                                &mut image[dst * c..(dst + 1) * c],
+                                &cell[at * c..(at + 1) * c],
+                            );
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                        });
                     }
                 }
             });

@@ -1,5 +1,6 @@
 //! The `salient` binary as a user meets it: exit statuses, one clear error line, no panics.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn salient(args: &[&str]) -> Output {
@@ -8,6 +9,23 @@ fn salient(args: &[&str]) -> Output {
         .env("SALIENT_LOG", "warn")
         .output()
         .unwrap()
+}
+
+/// `salient train` with a target, a reference, an output directory and an optional config file.
+fn train(target: &Path, reference: &Path, out: &Path, config: Option<&Path>) -> Output {
+    let mut args = vec![
+        "train",
+        "--target",
+        target.to_str().unwrap(),
+        "--reference",
+        reference.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(config) = config {
+        args.extend(["--config", config.to_str().unwrap()]);
+    }
+    salient(&args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -33,15 +51,7 @@ fn usage_errors_exit_2_and_input_errors_exit_1_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.parquet");
     let model = dir.path().join("model");
-    let out = salient(&[
-        "train",
-        "--target",
-        missing.to_str().unwrap(),
-        "--reference",
-        missing.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    let out = train(&missing, &missing, &model, None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -107,18 +117,8 @@ fn evaluate_prints_json_with_the_contract_keys() {
     )
     .unwrap();
     let model = d.join("model");
-    let train = salient(&[
-        "train",
-        "--target",
-        target.to_str().unwrap(),
-        "--reference",
-        reference.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    assert_eq!(train.status.code(), Some(0), "{}", stderr(&train));
+    let trained = train(&target, &reference, &model, Some(&config));
+    assert_eq!(trained.status.code(), Some(0), "{}", stderr(&trained));
     let eval = salient(&[
         "evaluate",
         "--model",
@@ -138,17 +138,7 @@ fn evaluate_prints_json_with_the_contract_keys() {
 
     // An unknown setting in the config file is refused by name.
     std::fs::write(&config, "epohcs = 1\n").unwrap();
-    let bad = salient(&[
-        "train",
-        "--target",
-        target.to_str().unwrap(),
-        "--reference",
-        reference.to_str().unwrap(),
-        "--out",
-        d.join("model2").to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let bad = train(&target, &reference, &d.join("model2"), Some(&config));
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("epohcs"), "{}", stderr(&bad));
 }

@@ -2,7 +2,7 @@
 //! feature decorrelation, and the reference-salient term that keeps background-only images
 //! from carrying salient features.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::loss::cross_entropy;
 
 /// Instance discrimination: mean over the batch of −log softmax(logits)[own index], a full
@@ -59,17 +59,6 @@ pub fn two_view_contrast(a: &Tensor, b: &Tensor, tau: f64) -> Result<Tensor> {
         .collect();
     let targets = Tensor::from_vec(targets, 2 * n, sim.device())?;
     cross_entropy(&sim, &targets)
-}
-
-/// Log-softmax row maxima, for diagnostics: mean probability the model gives each row's own index.
-pub fn own_index_probability(logits: &Tensor, targets: &Tensor) -> Result<f32> {
-    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = lsm.gather(&targets.unsqueeze(1)?, 1)?;
-    picked
-        .exp()?
-        .mean_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()
 }
 
 #[cfg(test)]
