@@ -62,6 +62,10 @@ pub enum Error {
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 
+    #[error("ONNX Runtime: {0}")]
+    /// The ONNX Runtime library could not be found, fetched or loaded, or a run failed.
+    Runtime(String),
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -7,6 +7,8 @@
 //! * [`train`]: cIDFD training (augmentation, losses, memory banks, optimiser, the loop);
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
 //! * [`baselines`]: PCA and contrastive PCA;
+//! * [`export`]: the ONNX graph of a trained model (preprocessing, encoder, k-means head);
+//! * [`infer`]: ONNX Runtime: finding the library, sessions pooled per model;
 //! * [`manifest`]: the model directory;
 //! * [`atomic`]: all-or-nothing file output;
 //! * [`error`]: the typed errors every module returns.
@@ -19,6 +21,8 @@ pub mod data;
 pub mod datasets;
 pub mod error;
 pub mod evaluate;
+pub mod export;
+pub mod infer;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

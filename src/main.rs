@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         resize: bool,
     },
+    /// Write MODEL/model.onnx from the model's candle weights (train does it too) and record its
+    /// sha256 as the model id.
+    Export { model: PathBuf },
+    /// What a model is: id, input, k, d, training data, metrics. Verifies model.onnx against
+    /// the manifest and loads it in ONNX Runtime.
+    Inspect {
+        model: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Run the baselines (raw, PCA, contrastive PCA) and IDFD / cIDFD on the same data and seeds.
     Compare(CompareArgs),
     /// Run a scheduled job described by a pipeline file (see pipelines/); steps whose inputs and
@@ -220,10 +230,24 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The error and its causes on one line. Library errors already print their source (for
+/// users of the library), so a cause whose text is already in the line is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 fn init_tracing(format: LogFormat) {
@@ -325,6 +349,24 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "ACC {:.4}  NMI {:.4}  ARI {:.4}  (n = {})",
                     scores.acc, scores.nmi, scores.ari, scores.n
                 ),
+            }
+            Ok(())
+        }
+        Command::Export { model } => {
+            let id = salient::export::export_model(&model)
+                .with_context(|| format!("exporting {}", model.display()))?;
+            println!(
+                "{}: id {id}",
+                model.join(salient::export::ONNX_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Inspect { model, format } => {
+            let info = salient::infer::inspect(&model)
+                .with_context(|| format!("inspecting {}", model.display()))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+                Format::Text => print!("{}", info.to_text()),
             }
             Ok(())
         }

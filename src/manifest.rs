@@ -45,6 +45,10 @@ pub struct InputSpec {
 pub struct Manifest {
     pub format_version: u32,
     pub name: String,
+    /// sha256 of `model.onnx`: the model's identity, checked before every use of the graph.
+    /// Empty until the model is exported.
+    #[serde(default)]
+    pub id: String,
     pub created: String,
     pub method: String,
     pub config: TrainConfig,

@@ -95,7 +95,7 @@ fn a_missing_source_is_explained_and_nothing_is_written() {
 }
 
 #[test]
-fn evaluate_prints_json_with_the_contract_keys() {
+fn train_evaluate_export_and_inspect_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let build = salient(&[
@@ -135,6 +135,31 @@ fn evaluate_prints_json_with_the_contract_keys() {
         assert!((0.0..=1.0).contains(&x) || key == "ari", "{key} = {x}");
     }
     assert_eq!(v["n"], 96);
+
+    // inspect: the id is the sha256 of model.onnx; export rewrites the same file and id.
+    let inspect = salient(&["inspect", model.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(inspect.status.code(), Some(0), "{}", stderr(&inspect));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let onnx = model.join("model.onnx");
+    let id = salient::export::sha256_hex(&std::fs::read(&onnx).unwrap());
+    assert_eq!(info["id"], id.as_str());
+    assert_eq!(
+        (info["k"].as_u64(), info["d"].as_u64()),
+        (Some(10), Some(8))
+    );
+    assert_eq!(info["input"], "uint8 N×1×28×28");
+    let export = salient(&["export", model.to_str().unwrap()]);
+    assert_eq!(export.status.code(), Some(0), "{}", stderr(&export));
+    assert!(String::from_utf8_lossy(&export.stdout).contains(&id));
+    // A model file that does not match its manifest is refused by name.
+    std::fs::write(&onnx, b"tampered").unwrap();
+    let refused = salient(&["inspect", model.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("model.onnx") && message.contains("differs from the manifest"),
+        "{message}"
+    );
 
     // An unknown setting in the config file is refused by name.
     std::fs::write(&config, "epohcs = 1\n").unwrap();

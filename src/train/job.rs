@@ -251,6 +251,7 @@ fn write_model(
     let manifest = Manifest {
         format_version: 1,
         name,
+        id: String::new(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         method: format!("{:?}", trainer.config.method).to_lowercase(),
         config: trainer.config.clone(),
@@ -274,7 +275,8 @@ fn write_model(
         metrics,
         weights_sha256: sha256_file(&weights)?,
     };
-    manifest.write(&job.out)
+    manifest.write(&job.out)?;
+    crate::export::export_model(&job.out).map(|_| ())
 }
 
 fn append_log(path: &Path, stats: &EpochStats, scores: Option<&ClusterScores>) -> Result<()> {
