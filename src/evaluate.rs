@@ -164,3 +164,69 @@ pub fn evaluate_model(
     }
     Ok(scores(&labels, &predicted)?)
 }
+
+/// Scores the `cluster_id` column of a table salient wrote (`salient embed`, `COPY`) against
+/// its label column: the clusters exactly as the ONNX graph assigned them.
+pub fn score_embedded(path: &std::path::Path, label_column: &str) -> Result<ClusterScores> {
+    use crate::error::Error;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int32Type, Int64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let cluster_column = crate::data::schema::CLUSTER_ID_COLUMN;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let parquet = |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
+    let schema = builder.schema().clone();
+    let mut indices = Vec::new();
+    for (name, expected) in [
+        (label_column, arrow::datatypes::DataType::Int64),
+        (cluster_column, arrow::datatypes::DataType::Int32),
+    ] {
+        let (i, field) = schema.column_with_name(name).ok_or_else(|| Error::Schema {
+            path: path.to_path_buf(),
+            column: name.into(),
+            message: "missing".into(),
+        })?;
+        if *field.data_type() != expected {
+            return Err(Error::Schema {
+                path: path.to_path_buf(),
+                column: name.into(),
+                message: format!("has type {}, expected {expected}", field.data_type()),
+            });
+        }
+        indices.push(i);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder.with_projection(mask).build().map_err(parquet)?;
+    let (mut labels, mut predicted) = (Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch.map_err(|source| Error::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let label = batch
+            .column_by_name(label_column)
+            .map(|c| c.as_primitive::<Int64Type>().clone());
+        let cluster = batch
+            .column_by_name(cluster_column)
+            .map(|c| c.as_primitive::<Int32Type>().clone());
+        let (Some(label), Some(cluster)) = (label, cluster) else {
+            return Err(Error::Invalid(format!(
+                "{}: projection lost a column",
+                path.display()
+            )));
+        };
+        for i in 0..batch.num_rows() {
+            // Rows without a label or a cluster (NULL image) are not scored.
+            if label.is_valid(i) && cluster.is_valid(i) {
+                labels.push(label.value(i));
+                predicted.push(cluster.value(i).max(0) as u32);
+            }
+        }
+    }
+    Ok(scores(&labels, &predicted)?)
+}

@@ -9,6 +9,8 @@
 //! * [`baselines`]: PCA and contrastive PCA;
 //! * [`export`]: the ONNX graph of a trained model (preprocessing, encoder, k-means head);
 //! * [`infer`]: ONNX Runtime: finding the library, sessions pooled per model;
+//! * [`etl`]: `salient embed`, Parquet in and Parquet out through DataFusion;
+//! * [`sql`]: `cluster_embed()` in DataFusion and the sessions that serve it;
 //! * [`manifest`]: the model directory;
 //! * [`atomic`]: all-or-nothing file output;
 //! * [`error`]: the typed errors every module returns.
@@ -20,6 +22,7 @@ pub mod compare;
 pub mod data;
 pub mod datasets;
 pub mod error;
+pub mod etl;
 pub mod evaluate;
 pub mod export;
 pub mod infer;
@@ -28,7 +31,10 @@ pub mod metrics;
 pub mod model;
 pub mod nhwc;
 pub mod pipeline;
+pub mod progress;
 pub mod quickstart;
+pub mod shell;
+pub mod sql;
 pub mod train;
 
 pub use error::{Error, Result};

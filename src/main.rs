@@ -72,6 +72,42 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Parquet in, Parquet out: every input column plus `embedding`, `cluster_id` and
+    /// `distance`, streamed through DataFusion and written atomically.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        /// A Parquet file, a directory of them, or a glob.
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: PathBuf,
+        /// Rows per record batch.
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        /// ONNX Runtime threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Resize images of another size than the model's instead of failing.
+        #[arg(long)]
+        resize: bool,
+        /// Give NULL outputs for undecodable images instead of failing.
+        #[arg(long)]
+        null_on_bad_image: bool,
+    },
+    /// Run SQL with `cluster_embed()` registered. Without SQL, an interactive prompt.
+    Sql {
+        /// A model directory, optionally named: NAME=DIR. The first is also `default`.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// A table: NAME=PATH (a Parquet file, a directory of them, or a glob).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        #[arg(long, value_enum, default_value_t = salient::sql::OutputFormat::Table)]
+        format: salient::sql::OutputFormat,
+        /// Statements separated by `;`; the last one's rows are printed.
+        sql: Option<String>,
+    },
     /// Run the baselines (raw, PCA, contrastive PCA) and IDFD / cIDFD on the same data and seeds.
     Compare(CompareArgs),
     /// Run a scheduled job described by a pipeline file (see pipelines/); steps whose inputs and
@@ -370,6 +406,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Embed {
+            model,
+            input,
+            output,
+            batch_size,
+            threads,
+            resize,
+            null_on_bad_image,
+        } => {
+            let mut job = salient::etl::EmbedJob::new(model, input, output);
+            job.batch_size = batch_size;
+            if let Some(t) = threads {
+                job.threads = t;
+            }
+            job.resize = resize;
+            job.null_on_bad_image = null_on_bad_image;
+            let report =
+                salient::etl::run(&job).with_context(|| format!("embedding {}", job.input))?;
+            println!(
+                "{} rows -> {} in {:.1} s (model {})",
+                report.rows,
+                report.output.display(),
+                report.seconds,
+                report.model_id
+            );
+            Ok(())
+        }
+        Command::Sql {
+            models,
+            tables,
+            format,
+            sql,
+        } => salient::shell::run(&models, &tables, format, sql.as_deref()),
         Command::Compare(args) => {
             let mut train = match &args.config {
                 Some(path) => TrainConfig::from_toml_file(path)?,

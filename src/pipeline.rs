@@ -1,6 +1,7 @@
 //! `salient run PIPELINE`: a declarative batch job for schedulers. A pipeline file (TOML, see
 //! `pipelines/`) names its data (a bundled dataset to build, or tables to read), the training
-//! settings and the evaluation. Each step's inputs and settings are hashed into a key stored in
+//! settings, the embedding of a table with the exported model, and the evaluation
+//! (data → train → export → embed → evaluate). Each step's inputs and settings are hashed into a key stored in
 //! `OUT/pipeline_state.json` after the step succeeds; a rerun skips every step whose key and
 //! outputs are unchanged, and a run that failed resumes at the step that failed.
 
@@ -56,7 +57,20 @@ pub struct Pipeline {
     pub out: PathBuf,
     pub data: DataStep,
     pub train: TrainConfig,
+    pub embed: Option<EmbedStep>,
+    /// Scores the embedded table's clusters when there is an `[embed]` step, else the model's
+    /// clusters on the input.
     pub evaluate: Option<EvaluateStep>,
+}
+
+/// Embeds a table with the exported model (Parquet in, Parquet out through DataFusion).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedStep {
+    /// The table to embed (default: the target table).
+    pub input: Option<String>,
+    /// Where the embedded table goes (default: `OUT/embedded.parquet`).
+    pub output: Option<PathBuf>,
 }
 
 /// What happened to each step of a run.
@@ -227,13 +241,60 @@ pub fn run(pipeline: &Pipeline, force: bool) -> Result<RunReport> {
         record(&mut state, "train", &train_key, StepOutcome::Ran)?;
     }
 
-    // 3. evaluate
+    // 3. export: train writes model.onnx; a directory without it (or with a stale one) is
+    // re-exported.
+    let onnx = model.join(crate::export::ONNX_FILE);
+    let consistent = crate::manifest::Manifest::read(&model)
+        .ok()
+        .zip(crate::manifest::sha256_file(&onnx).ok())
+        .is_some_and(|(m, sha)| m.id == sha);
+    if done(&state, "export", &train_key, &[&onnx]) && consistent {
+        record(&mut state, "export", &train_key, StepOutcome::Skipped)?;
+    } else {
+        crate::export::export_model(&model)?;
+        record(&mut state, "export", &train_key, StepOutcome::Ran)?;
+    }
+    let model_id = crate::manifest::Manifest::read(&model)?.id;
+
+    // 4. embed
+    let mut embedded = None;
+    if let Some(step) = &pipeline.embed {
+        let input = step.input.clone().unwrap_or_else(|| target.clone());
+        let output = step
+            .output
+            .clone()
+            .unwrap_or_else(|| out.join("embedded.parquet"));
+        let key = key_of(&[
+            "embed",
+            &model_id,
+            &json(step)?,
+            &tables_fingerprint(&input)?,
+        ]);
+        if done(&state, "embed", &key, &[&output]) {
+            record(&mut state, "embed", &key, StepOutcome::Skipped)?;
+        } else {
+            crate::etl::run(&crate::etl::EmbedJob::new(
+                model.clone(),
+                input,
+                output.clone(),
+            ))?;
+            record(&mut state, "embed", &key, StepOutcome::Ran)?;
+        }
+        embedded = Some(output);
+    }
+
+    // 5. evaluate
     let mut metrics = None;
     if let Some(step) = &pipeline.evaluate {
-        let input = step.input.clone().unwrap_or_else(|| target.clone());
+        let input = match (&step.input, &embedded) {
+            (Some(input), _) => input.clone(),
+            (None, Some(embedded)) => embedded.to_string_lossy().into_owned(),
+            (None, None) => target.clone(),
+        };
+        let from_embedded = step.input.is_none() && embedded.is_some();
         let key = key_of(&[
             "evaluate",
-            &train_key,
+            &model_id,
             &json(step)?,
             &tables_fingerprint(&input)?,
         ]);
@@ -244,7 +305,11 @@ pub fn run(pipeline: &Pipeline, force: bool) -> Result<RunReport> {
             metrics = serde_json::from_str(&text).ok();
             record(&mut state, "evaluate", &key, StepOutcome::Skipped)?;
         } else {
-            let scores = evaluate_model(&model, &input, &step.label_column, SizePolicy::Exact)?;
+            let scores = if from_embedded {
+                crate::evaluate::score_embedded(Path::new(&input), &step.label_column)?
+            } else {
+                evaluate_model(&model, &input, &step.label_column, SizePolicy::Exact)?
+            };
             crate::atomic::write_bytes_atomically(&metrics_path, json(&scores)?.as_bytes())?;
             metrics = Some(scores);
             record(&mut state, "evaluate", &key, StepOutcome::Ran)?;

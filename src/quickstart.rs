@@ -1,6 +1,6 @@
 //! `salient quickstart`: the README's main job on the bundled data. Builds mnist-grass, runs the
-//! raw-pixel and contrastive-PCA baselines, trains cIDFD, evaluates the saved model, and says
-//! where everything went.
+//! raw-pixel and contrastive-PCA baselines, trains cIDFD (which exports the ONNX graph), embeds
+//! the target with `cluster_embed()` in SQL, scores the clusters, and says where everything went.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,6 @@ use crate::compare::{self, CompareJob, CompareMethod};
 use crate::data::SizePolicy;
 use crate::datasets::{self, DatasetName};
 use crate::error::Result;
-use crate::evaluate::evaluate_model;
 use crate::train::job::{self, TrainJob};
 use crate::train::TrainConfig;
 
@@ -17,7 +16,7 @@ pub const QUICKSTART_CONFIG: &str = include_str!("../examples/configs/quickstart
 
 pub fn run(out: &Path, seed: u64) -> Result<()> {
     let data_dir = out.join("data");
-    println!("1/4 building mnist-grass (10,000 digits on grass, 10,000 grass-only references)");
+    println!("1/5 building mnist-grass (10,000 digits on grass, 10,000 grass-only references)");
     let data = datasets::build(
         DatasetName::MnistGrass,
         &data_dir,
@@ -27,7 +26,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     println!("    target    {}", data.target.display());
     println!("    reference {}", data.reference.display());
 
-    println!("2/4 baselines: k-means on raw pixels and on contrastive PCA (20 components)");
+    println!("2/5 baselines: k-means on raw pixels and on contrastive PCA (20 components)");
     let mut config: TrainConfig = toml::from_str(QUICKSTART_CONFIG)
         .map_err(|e| crate::Error::Invalid(format!("internal: quickstart config: {e}")))?;
     config.seed = seed;
@@ -49,7 +48,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
 
     let model: PathBuf = out.join("model");
     println!(
-        "3/4 training cIDFD ({} epochs, width {}; progress below)",
+        "3/5 training cIDFD ({} epochs, width {}; progress below)",
         config.epochs,
         config.width.unwrap_or(config.architecture.default_width())
     );
@@ -67,19 +66,35 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         report.epochs, report.seconds, report.images_per_second
     );
 
-    println!("4/4 evaluating the saved model on the target table");
-    let scores = evaluate_model(
-        &model,
-        &data.target.to_string_lossy(),
-        "label",
-        SizePolicy::Exact,
+    // Embedding with SQL through the exported ONNX model, as a user of `salient sql` would.
+    let clusters = out.join("clusters.parquet");
+    println!("4/5 embedding the target with SQL (ONNX Runtime inside DataFusion):");
+    let sql = format!(
+        "COPY (SELECT id, label, c['embedding'] AS embedding, c['cluster_id'] AS cluster_id, \
+         c['distance'] AS distance FROM (SELECT id, label, cluster_embed(image) AS c FROM target)) \
+         TO '{}' STORED AS PARQUET",
+        clusters.display()
+    );
+    println!("    {sql}");
+    crate::sql::run_script(
+        std::slice::from_ref(&model),
+        &[("target", data.target.clone())],
+        &sql,
     )?;
+
+    println!("5/5 scoring the clusters against the labels");
+    let scores = crate::evaluate::score_embedded(&clusters, "label")?;
     println!(
         "    cIDFD clusters: ACC {:.4}  NMI {:.4}  ARI {:.4}  (n = {})",
         scores.acc, scores.nmi, scores.ari, scores.n
     );
     println!("outputs:");
     println!("    model directory  {}", model.display());
+    println!(
+        "    ONNX model       {}",
+        model.join(crate::export::ONNX_FILE).display()
+    );
+    println!("    clusters         {}", clusters.display());
     println!(
         "    training log     {}",
         model.join(crate::manifest::TRAINING_LOG_FILE).display()

@@ -18,6 +18,7 @@ width = 8
 dim_salient = 8
 dim_background = 8
 kmeans_restarts = 2
+[embed]
 [evaluate]
 "#,
         out.display()
@@ -43,30 +44,58 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     use StepOutcome::*;
     assert_eq!(
         outcomes(&first),
-        vec![("data", Ran), ("train", Ran), ("evaluate", Ran)]
+        vec![
+            ("data", Ran),
+            ("train", Ran),
+            ("export", Ran),
+            ("embed", Ran),
+            ("evaluate", Ran)
+        ]
     );
+    // Evaluation scores the embedded table: the clusters the ONNX graph assigned.
     assert_eq!(first.metrics.unwrap().n, 96);
     assert!(out.join(STATE_FILE).is_file() && out.join("metrics.json").is_file());
+    assert!(out.join("embedded.parquet").is_file());
 
     let again = run(&pipeline(&out, 1), false).unwrap();
     assert_eq!(
         outcomes(&again),
-        vec![("data", Skipped), ("train", Skipped), ("evaluate", Skipped)]
+        vec![
+            ("data", Skipped),
+            ("train", Skipped),
+            ("export", Skipped),
+            ("embed", Skipped),
+            ("evaluate", Skipped)
+        ]
     );
     assert_eq!(again.metrics.unwrap().acc, first.metrics.unwrap().acc);
 
     let changed = run(&pipeline(&out, 2), false).unwrap();
     assert_eq!(
         outcomes(&changed),
-        vec![("data", Skipped), ("train", Ran), ("evaluate", Ran)]
+        vec![
+            ("data", Skipped),
+            ("train", Ran),
+            ("export", Ran),
+            ("embed", Ran),
+            ("evaluate", Ran)
+        ]
     );
 
-    // A lost output is rebuilt even though the state says the step is done.
+    // A lost output is rebuilt even though the state says the step is done; a re-export gives
+    // the same bytes (same id), so the embedding that depends on it is still valid.
     std::fs::remove_file(out.join("metrics.json")).unwrap();
+    std::fs::remove_file(out.join("model/model.onnx")).unwrap();
     let rebuilt = run(&pipeline(&out, 2), false).unwrap();
     assert_eq!(
         outcomes(&rebuilt),
-        vec![("data", Skipped), ("train", Skipped), ("evaluate", Ran)]
+        vec![
+            ("data", Skipped),
+            ("train", Skipped),
+            ("export", Ran),
+            ("embed", Skipped),
+            ("evaluate", Ran)
+        ]
     );
 }
 

@@ -148,3 +148,75 @@ pub fn ids_column(ids: &[i64]) -> ArrayRef {
 pub fn int32_column(values: &[i32]) -> ArrayRef {
     Arc::new(Int32Array::from(values.to_vec()))
 }
+
+/// Builds `rows` real mnist-grass images under `dir` and trains a small model on them for one
+/// epoch (training also exports model.onnx). Returns the model directory and the dataset.
+pub fn tiny_model(
+    dir: &Path,
+    architecture: salient::model::Architecture,
+    head_norm: bool,
+    rows: usize,
+) -> (std::path::PathBuf, salient::datasets::BuiltDataset) {
+    use salient::datasets::{self, DatasetName};
+    let data = datasets::build_with_rows(
+        DatasetName::MnistGrass,
+        dir,
+        0,
+        &datasets::default_sources_dir(),
+        Some(rows),
+    )
+    .unwrap();
+    let config = salient::train::TrainConfig {
+        architecture,
+        width: Some(8),
+        head_norm,
+        epochs: 1,
+        batch_size: 64,
+        dim_salient: 16,
+        dim_background: 16,
+        kmeans_restarts: 2,
+        ..Default::default()
+    };
+    let out = dir.join("model");
+    salient::train::job::run(&salient::train::job::TrainJob {
+        target: data.target.to_string_lossy().into_owned(),
+        reference: Some(data.reference.to_string_lossy().into_owned()),
+        out: out.clone(),
+        config,
+        resume: false,
+        size: salient::data::SizePolicy::Exact,
+        device: candle_core::Device::Cpu,
+    })
+    .unwrap();
+    (out, data)
+}
+
+/// The (id, image bytes, label) rows of an image table.
+pub fn read_rows(path: &Path) -> Vec<(i64, Vec<u8>, Option<i64>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let images = batch.column_by_name("image").unwrap().as_binary::<i32>();
+        let labels = batch
+            .column_by_name("label")
+            .map(|l| l.as_primitive::<Int64Type>().clone());
+        for i in 0..batch.num_rows() {
+            let label = labels
+                .as_ref()
+                .and_then(|l| l.is_valid(i).then(|| l.value(i)));
+            rows.push((ids.value(i), images.value(i).to_vec(), label));
+        }
+    }
+    rows
+}

@@ -1,0 +1,141 @@
+//! `salient sql`: a DataFusion session with the given models and tables, running SQL from the
+//! command line or from an interactive prompt (with history).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::error::{Error, Result};
+use crate::infer::{shared_engine, EngineOptions};
+use crate::sql::{execute, format_batches, session, session_config, ModelSet, OutputFormat};
+
+/// Splits `NAME=VALUE`; without `=`, the name comes from `default_name(value)`.
+fn split_named(spec: &str, default_name: impl Fn(&str) -> String) -> (String, String) {
+    match spec.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !name.contains('/') => {
+            (name.to_string(), value.to_string())
+        }
+        _ => (default_name(spec), spec.to_string()),
+    }
+}
+
+/// Loads each `[NAME=]DIR` model (name defaults to the directory's name).
+pub fn load_models(specs: &[String]) -> Result<ModelSet> {
+    let mut models = ModelSet::new();
+    for spec in specs {
+        let (name, dir) = split_named(spec, |dir| {
+            PathBuf::from(dir)
+                .file_name()
+                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let engine = shared_engine(&PathBuf::from(&dir), EngineOptions::default())?;
+        models.add(&name, engine)?;
+    }
+    Ok(models)
+}
+
+/// Registers each `NAME=PATH` Parquet table.
+pub async fn register_tables(ctx: &SessionContext, specs: &[String]) -> Result<()> {
+    for spec in specs {
+        let Some((name, path)) = spec.split_once('=') else {
+            return Err(Error::Invalid(format!(
+                "--table `{spec}`: expected NAME=PATH"
+            )));
+        };
+        // Resolve first: a missing file is named here, not deep inside DataFusion.
+        let files = crate::data::source::resolve_parquet_files(path)?;
+        let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        let df = ctx
+            .read_parquet(paths, ParquetReadOptions::default())
+            .await
+            .map_err(|e| Error::Invalid(format!("--table {name}={path}: {e}")))?;
+        ctx.register_table(name, df.into_view())
+            .map_err(|e| Error::Invalid(format!("--table {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+pub fn run(
+    model_specs: &[String],
+    table_specs: &[String],
+    format: OutputFormat,
+    sql: Option<&str>,
+) -> anyhow::Result<()> {
+    let models = Arc::new(load_models(model_specs)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ctx = session(models.clone(), session_config());
+    runtime.block_on(register_tables(&ctx, table_specs))?;
+    match sql {
+        Some(sql) => {
+            let batches = runtime.block_on(execute(&ctx, &models, sql))?;
+            print!("{}", format_batches(&batches, format)?);
+            Ok(())
+        }
+        None => repl(&runtime, &ctx, &models, format),
+    }
+}
+
+/// The interactive prompt: statements end with `;`; `\q` or Ctrl-D quits. History is kept in
+/// salient's cache directory.
+fn repl(
+    runtime: &tokio::runtime::Runtime,
+    ctx: &SessionContext,
+    models: &ModelSet,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = crate::infer::runtime::cache_dir().join("sql_history");
+    let _ = editor.load_history(&history);
+    eprintln!(
+        "salient sql: models [{}]; end statements with `;`, quit with \\q or Ctrl-D",
+        models.names().collect::<Vec<_>>().join(", ")
+    );
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "salient> "
+        } else {
+            "     ..> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if buffer.is_empty() && (trimmed == "\\q" || trimmed == "quit" || trimmed == "exit")
+                {
+                    break;
+                }
+                buffer.push_str(&line);
+                buffer.push('\n');
+                if !trimmed.ends_with(';') {
+                    continue;
+                }
+                let _ = editor.add_history_entry(buffer.trim());
+                let started = std::time::Instant::now();
+                match runtime.block_on(execute(ctx, models, &buffer)) {
+                    Ok(batches) => {
+                        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                        match format_batches(&batches, format) {
+                            Ok(text) => print!("{text}"),
+                            Err(e) => eprintln!("error: {e}"),
+                        }
+                        eprintln!("{rows} rows in {:.3} s", started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => eprintln!("error: {e}"),
+                }
+                buffer.clear();
+            }
+            Err(ReadlineError::Interrupted) => buffer.clear(),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(dir) = history.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(&history);
+    Ok(())
+}

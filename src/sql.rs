@@ -1,0 +1,662 @@
+//! `cluster_embed()` in DataFusion: a vectorised scalar UDF that runs a model's ONNX graph over
+//! whole Arrow arrays of images, plus the session set-up and statement execution that `salient
+//! sql` and `salient embed` share.
+//!
+//! `cluster_embed(image [, 'model' [, id]])` → Struct{embedding: FixedSizeList<Float32, d>,
+//! cluster_id: Int32, distance: Float32}. A NULL image gives NULL. An undecodable image fails the
+//! query with an error naming the row (its id when the optional `id` argument is given); after
+//! `SET salient.on_bad_image = 'null'` such rows give NULL instead.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int32Array, StructArray,
+};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Int64Type};
+use datafusion::common::config::{ConfigExtension, ConfigOptions};
+use datafusion::common::{exec_err, extensions_options, plan_err, DataFusionError, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use rayon::prelude::*;
+
+use crate::data::schema::{check_image_type, embedding_fields, ImageArray, ImageCell};
+use crate::data::{decode_into, SizePolicy};
+use crate::infer::InferenceEngine;
+
+pub const UDF_NAME: &str = "cluster_embed";
+/// The name of the first model given, usable as `cluster_embed(image, 'default')`.
+pub const DEFAULT_MODEL: &str = "default";
+/// The Parquet key-value metadata key naming the model that produced a file's embeddings.
+pub const MODEL_METADATA_KEY: &str = "salient.model";
+
+extensions_options! {
+    /// salient's session settings, changed with SQL `SET salient.<name> = <value>`.
+    pub struct SalientOptions {
+        /// What `cluster_embed` does with an undecodable image: 'error' (fail the query, naming
+        /// the row) or 'null' (return NULL for that row).
+        pub on_bad_image: String, default = "error".to_string()
+        /// Resize images whose size differs from the model's instead of failing.
+        pub resize: bool, default = false
+    }
+}
+
+impl ConfigExtension for SalientOptions {
+    const PREFIX: &'static str = "salient";
+}
+
+/// The models a session can call by name; the first one added is also `default`.
+#[derive(Debug, Default, Clone)]
+pub struct ModelSet {
+    default: Option<String>,
+    models: BTreeMap<String, Arc<InferenceEngine>>,
+}
+
+impl ModelSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, name: &str, engine: Arc<InferenceEngine>) -> crate::Result<()> {
+        if name.is_empty() || name == DEFAULT_MODEL && self.default.is_some() {
+            return Err(crate::Error::Invalid(format!(
+                "model name `{name}` is empty or reserved"
+            )));
+        }
+        if self.models.contains_key(name) {
+            return Err(crate::Error::Invalid(format!(
+                "model `{name}` is given twice"
+            )));
+        }
+        if self.default.is_none() {
+            self.default = Some(name.to_string());
+        }
+        self.models.insert(name.to_string(), engine);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    /// The engine called `name` (`None`: the default model).
+    pub fn get(&self, name: Option<&str>) -> Result<&Arc<InferenceEngine>, String> {
+        let name = match name {
+            None | Some(DEFAULT_MODEL) => self
+                .default
+                .as_deref()
+                .ok_or_else(|| "no model is registered; give one with --model".to_string())?,
+            Some(name) => name,
+        };
+        self.models.get(name).ok_or_else(|| {
+            format!(
+                "no model named `{name}`; registered: {}",
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    /// The `salient.model` metadata value: the model's name, id, k and d as JSON (an array
+    /// when the session has several models).
+    pub fn metadata_value(&self) -> Option<String> {
+        let describe = |name: &str, e: &InferenceEngine| {
+            serde_json::json!({
+                "name": name,
+                "id": e.manifest.id,
+                "k": e.manifest.k,
+                "d": e.manifest.d,
+            })
+        };
+        match self.models.len() {
+            0 => None,
+            1 => self
+                .models
+                .iter()
+                .next()
+                .map(|(n, e)| describe(n, e).to_string()),
+            _ => Some(
+                serde_json::Value::Array(self.models.iter().map(|(n, e)| describe(n, e)).collect())
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// The `cluster_embed` scalar UDF.
+#[derive(Debug)]
+pub struct ClusterEmbed {
+    models: Arc<ModelSet>,
+    signature: Signature,
+}
+
+// DataFusion compares UDFs to deduplicate expressions: two instances are the same function
+// when they serve the same models.
+impl PartialEq for ClusterEmbed {
+    fn eq(&self, other: &Self) -> bool {
+        self.model_ids() == other.model_ids()
+    }
+}
+impl Eq for ClusterEmbed {}
+impl Hash for ClusterEmbed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.model_ids().hash(state)
+    }
+}
+
+impl ClusterEmbed {
+    pub fn new(models: Arc<ModelSet>) -> Self {
+        Self {
+            models,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+
+    fn model_ids(&self) -> Vec<(&str, &str)> {
+        self.models
+            .models
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.manifest.id.as_str()))
+            .collect()
+    }
+}
+
+/// The struct type `cluster_embed` returns for embeddings of dimension `d`.
+pub fn result_type(d: usize) -> DataType {
+    DataType::Struct(Fields::from(embedding_fields(d)))
+}
+
+fn scalar_string(value: &ScalarValue) -> Option<&str> {
+    match value {
+        ScalarValue::Utf8(s) | ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => s.as_deref(),
+        _ => None,
+    }
+}
+
+impl ScalarUDFImpl for ClusterEmbed {
+    fn name(&self) -> &str {
+        UDF_NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> datafusion::common::Result<Vec<DataType>> {
+        if arg_types.is_empty() || arg_types.len() > 3 {
+            return plan_err!(
+                "{UDF_NAME} takes (image), (image, 'model') or (image, 'model', id); got {} arguments",
+                arg_types.len()
+            );
+        }
+        let mut out = Vec::with_capacity(arg_types.len());
+        out.push(match &arg_types[0] {
+            DataType::Null => DataType::Binary,
+            t => match check_image_type(t) {
+                Ok(()) => t.clone(),
+                Err(message) => return plan_err!("{UDF_NAME}: the image argument {message}"),
+            },
+        });
+        if let Some(t) = arg_types.get(1) {
+            match t {
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => out.push(t.clone()),
+                other => {
+                    return plan_err!(
+                        "{UDF_NAME}: the model argument is {other}, expected a model name string"
+                    )
+                }
+            }
+        }
+        if let Some(t) = arg_types.get(2) {
+            if !t.is_integer() && *t != DataType::Null {
+                return plan_err!("{UDF_NAME}: the id argument is {t}, expected an integer");
+            }
+            out.push(DataType::Int64);
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        // Planning goes through `return_field_from_args`, which sees the model name.
+        let engine = self.models.get(None).map_err(DataFusionError::Plan)?;
+        Ok(result_type(engine.manifest.d))
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> datafusion::common::Result<FieldRef> {
+        let name = match (args.arg_fields.get(1), args.scalar_arguments.get(1)) {
+            (None, _) => None,
+            (Some(_), Some(Some(value))) => match scalar_string(value) {
+                Some(name) => Some(name),
+                None => return plan_err!("{UDF_NAME}: the model name must not be NULL"),
+            },
+            (Some(_), _) => {
+                return plan_err!("{UDF_NAME}: the model name must be a string literal, e.g. cluster_embed(image, 'default')")
+            }
+        };
+        let engine = self.models.get(name).map_err(DataFusionError::Plan)?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            result_type(engine.manifest.d),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let name = match args.args.get(1) {
+            None => None,
+            Some(ColumnarValue::Scalar(v)) => scalar_string(v),
+            Some(ColumnarValue::Array(_)) => {
+                return exec_err!("{UDF_NAME}: the model name must be a string literal")
+            }
+        };
+        let engine = self.models.get(name).map_err(DataFusionError::Execution)?;
+        let images = args.args[0].to_array(args.number_rows)?;
+        let ids = match args.args.get(2) {
+            Some(v) => Some(v.to_array(args.number_rows)?),
+            None => None,
+        };
+        let options = settings(&args.config_options)?;
+        let result = embed_array(engine, &images, ids.as_ref(), &options)
+            .map_err(DataFusionError::Execution)?;
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
+
+/// How `cluster_embed` treats bad images, from the session's `salient.*` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedSettings {
+    pub null_on_bad_image: bool,
+    pub size: SizePolicy,
+}
+
+fn settings(config: &ConfigOptions) -> datafusion::common::Result<EmbedSettings> {
+    let defaults = SalientOptions::default();
+    let options = config
+        .extensions
+        .get::<SalientOptions>()
+        .unwrap_or(&defaults);
+    let null_on_bad_image = match options.on_bad_image.to_ascii_lowercase().as_str() {
+        "error" => false,
+        "null" => true,
+        other => return exec_err!("salient.on_bad_image is '{other}', expected 'error' or 'null'"),
+    };
+    Ok(EmbedSettings {
+        null_on_bad_image,
+        size: if options.resize {
+            SizePolicy::Resize
+        } else {
+            SizePolicy::Exact
+        },
+    })
+}
+
+/// Runs `engine` over every image of `images` (any encoding of the contract): decodes the valid
+/// rows in parallel, runs the graph once per batch of the engine, and returns the struct column
+/// with NULL where the image is NULL (or bad, under `null_on_bad_image`).
+pub fn embed_array(
+    engine: &InferenceEngine,
+    images: &ArrayRef,
+    ids: Option<&ArrayRef>,
+    settings: &EmbedSettings,
+) -> Result<StructArray, String> {
+    let n = images.len();
+    let shape = engine.manifest.input.shape;
+    let d = engine.manifest.d;
+    let column = ImageArray::try_new(images.as_ref())
+        .map_err(|m| format!("{UDF_NAME}: the image argument {m}"))?;
+    let ids = ids.map(|a| a.as_primitive::<Int64Type>());
+    let row_name = |row: usize| match ids {
+        Some(ids) if ids.is_valid(row) => format!("row id {}", ids.value(row)),
+        _ => format!("row {row} of a batch of {n}"),
+    };
+    // The rows with bytes, in order; NULL rows stay NULL.
+    let mut rows: Vec<(usize, &[u8])> = Vec::with_capacity(n);
+    for row in 0..n {
+        match column.get(row) {
+            ImageCell::Bytes(bytes) => rows.push((row, bytes)),
+            ImageCell::Null => {}
+            ImageCell::PathOnly(path) => {
+                if !settings.null_on_bad_image {
+                    return Err(format!(
+                        "{UDF_NAME}: {}: image.bytes is NULL and image.path is `{path}`; salient reads embedded image bytes only",
+                        row_name(row)
+                    ));
+                }
+            }
+        }
+    }
+    let mut embedding = vec![0f32; n * d];
+    let mut cluster_id = vec![0i32; n];
+    let mut distance = vec![0f32; n];
+    let mut valid = vec![false; n];
+    let mut bad = 0usize;
+    // Decode and run a chunk at a time: the decoded pixels of a whole DataFusion batch of large
+    // images would otherwise be held at once.
+    let chunk = engine.options.batch_size.max(1) * 4;
+    let len = shape.len();
+    let mut pixels = Vec::with_capacity(chunk.min(rows.len()) * len);
+    for rows in rows.chunks(chunk) {
+        pixels.clear();
+        pixels.resize(rows.len() * len, 0);
+        let decoded: Vec<Result<(), String>> = pixels
+            .par_chunks_mut(len.max(1))
+            .zip(rows.par_iter())
+            .map(|(out, (_, bytes))| decode_into(bytes, shape, settings.size, out))
+            .collect();
+        // Keep the good rows; a bad one fails the call unless it is to become NULL.
+        let mut good: Vec<usize> = Vec::with_capacity(rows.len());
+        for (i, result) in decoded.into_iter().enumerate() {
+            match result {
+                Ok(()) => good.push(i),
+                Err(message) if settings.null_on_bad_image => {
+                    bad += 1;
+                    tracing::debug!(row = %row_name(rows[i].0), %message, "bad image gives NULL");
+                }
+                Err(message) => {
+                    return Err(format!(
+                        "{UDF_NAME}: {}: {message} (SET salient.on_bad_image = 'null' to get NULL for such rows)",
+                        row_name(rows[i].0)
+                    ))
+                }
+            }
+        }
+        if good.len() < rows.len() {
+            for (dst, &src) in good.iter().enumerate() {
+                if dst != src {
+                    pixels.copy_within(src * len..(src + 1) * len, dst * len);
+                }
+            }
+            pixels.truncate(good.len() * len);
+        }
+        let out = engine.run(&pixels).map_err(|e| e.to_string())?;
+        for (j, &i) in good.iter().enumerate() {
+            let row = rows[i].0;
+            embedding[row * d..(row + 1) * d].copy_from_slice(&out.embedding[j * d..(j + 1) * d]);
+            cluster_id[row] = out.cluster_id[j];
+            distance[row] = out.distance[j];
+            valid[row] = true;
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(
+            rows = bad,
+            "undecodable images gave NULL (salient.on_bad_image = 'null')"
+        );
+    }
+    let nulls = NullBuffer::from(valid);
+    let fields = embedding_fields(d);
+    let item = match fields[0].data_type() {
+        DataType::FixedSizeList(item, _) => item.clone(),
+        _ => unreachable!("embedding_fields gives a FixedSizeList first"),
+    };
+    let embedding = FixedSizeListArray::try_new(
+        item,
+        d as i32,
+        Arc::new(Float32Array::from(embedding)),
+        Some(nulls.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(embedding),
+        Arc::new(Int32Array::new(cluster_id.into(), Some(nulls.clone()))),
+        Arc::new(Float32Array::new(distance.into(), Some(nulls.clone()))),
+    ];
+    StructArray::try_new(Fields::from(fields), columns, Some(nulls)).map_err(|e| e.to_string())
+}
+
+/// A session configuration with salient's settings registered (so `SET salient.…` works).
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new().with_option_extension(SalientOptions::default())
+}
+
+/// Registers `cluster_embed` serving `models` on `ctx`.
+pub fn register(ctx: &SessionContext, models: Arc<ModelSet>) {
+    ctx.register_udf(ScalarUDF::new_from_impl(ClusterEmbed::new(models)));
+}
+
+/// A new session with salient's settings and `cluster_embed` registered.
+pub fn session(models: Arc<ModelSet>, config: SessionConfig) -> SessionContext {
+    let config = if config
+        .options()
+        .extensions
+        .get::<SalientOptions>()
+        .is_some()
+    {
+        config
+    } else {
+        config.with_option_extension(SalientOptions::default())
+    };
+    let ctx = SessionContext::new_with_config(config);
+    // DataFusion 55 pushes struct field accesses (`c['cluster_id']`) below the projection that
+    // computes `c = cluster_embed(image)`, substituting the call into each access: three fields
+    // would run the model three times. Without this rule the call stays computed once (the
+    // projection merge rule already refuses to duplicate it). `tests/sql.rs` checks the plan.
+    ctx.remove_optimizer_rule("push_down_leaf_projections");
+    register(&ctx, models);
+    ctx
+}
+
+/// How `salient sql` prints results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Formats record batches for the terminal or a pipe.
+pub fn format_batches(
+    batches: &[arrow::array::RecordBatch],
+    format: OutputFormat,
+) -> crate::Result<String> {
+    let fail =
+        |e: arrow::error::ArrowError| crate::Error::Invalid(format!("formatting results: {e}"));
+    match format {
+        OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)
+            .map_err(fail)?
+            .to_string()),
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            for batch in batches {
+                writer.write(batch).map_err(fail)?;
+            }
+            writer.finish().map_err(fail)?;
+            let mut out = String::from_utf8_lossy(&writer.into_inner()).into_owned();
+            if out.is_empty() {
+                out.push_str("[]");
+            }
+            out.push('\n');
+            Ok(out)
+        }
+        OutputFormat::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut writer = arrow::csv::Writer::new(&mut out);
+                for batch in batches {
+                    writer.write(batch).map_err(|e| {
+                        crate::Error::Invalid(format!(
+                            "CSV output needs flat columns ({e}); select fields, e.g. cluster_embed(image)['cluster_id'], or use --format json"
+                        ))
+                    })?;
+                }
+            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+    }
+}
+
+/// Executes one or more `;`-separated SQL statements and returns the rows of the last one.
+/// `COPY … TO` a Parquet file is made atomic (written to a temporary file next to the target,
+/// renamed when complete) and carries the `salient.model` metadata of the session's models.
+pub async fn execute(
+    ctx: &SessionContext,
+    models: &ModelSet,
+    sql: &str,
+) -> crate::Result<Vec<arrow::array::RecordBatch>> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    let statements = DFParser::parse_sql(sql).map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    let mut last = Vec::new();
+    for statement in statements {
+        let mut copy_target = None;
+        let statement = match statement {
+            Statement::CopyTo(mut copy) => {
+                copy_target = Some(prepare_copy(&mut copy, models)?);
+                Statement::CopyTo(copy)
+            }
+            other => other,
+        };
+        let result = run_statement(ctx, statement).await;
+        last = match (result, copy_target) {
+            (Ok(batches), None) => batches,
+            (Ok(batches), Some(target)) => {
+                target.commit()?;
+                batches
+            }
+            (Err(e), Some(target)) => {
+                target.abandon();
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
+    }
+    Ok(last)
+}
+
+async fn run_statement(
+    ctx: &SessionContext,
+    statement: datafusion::sql::parser::Statement,
+) -> crate::Result<Vec<arrow::array::RecordBatch>> {
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(datafusion_error)?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(datafusion_error)?;
+    df.collect().await.map_err(datafusion_error)
+}
+
+/// DataFusion's errors, with the `cluster_embed` message (naming the row) kept readable.
+pub fn datafusion_error(e: DataFusionError) -> crate::Error {
+    crate::Error::Invalid(e.to_string())
+}
+
+/// Where a `COPY` really writes, and where its output goes when it succeeds.
+struct CopyTarget {
+    temporary: std::path::PathBuf,
+    target: std::path::PathBuf,
+}
+
+impl CopyTarget {
+    fn commit(self) -> crate::Result<()> {
+        std::fs::rename(&self.temporary, &self.target)
+            .map_err(|e| crate::Error::io(&self.target, e))
+    }
+
+    fn abandon(self) {
+        let _ = std::fs::remove_file(&self.temporary);
+        let _ = std::fs::remove_dir_all(&self.temporary);
+    }
+}
+
+/// Redirects a COPY to a temporary path beside its target and adds the model metadata.
+fn prepare_copy(
+    copy: &mut datafusion::sql::parser::CopyToStatement,
+    models: &ModelSet,
+) -> crate::Result<CopyTarget> {
+    use datafusion::sql::sqlparser::ast::Value;
+    let is_parquet = copy.stored_as.as_deref().map_or(
+        copy.target.to_ascii_lowercase().ends_with(".parquet"),
+        |s| s.eq_ignore_ascii_case("parquet"),
+    );
+    let key = format!("format.metadata::{MODEL_METADATA_KEY}");
+    if is_parquet && !copy.options.iter().any(|(k, _)| *k == key) {
+        if let Some(value) = models.metadata_value() {
+            copy.options.push((key, Value::SingleQuotedString(value)));
+        }
+    }
+    if copy.target.contains("://") {
+        return Err(crate::Error::Invalid(format!(
+            "COPY to `{}`: salient writes local paths only (atomically, via a temporary file)",
+            copy.target
+        )));
+    }
+    let target = std::path::PathBuf::from(&copy.target);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+    let directory_output = copy.target.ends_with('/') || target.extension().is_none();
+    if directory_output && target.exists() {
+        return Err(crate::Error::File {
+            path: target,
+            message: "exists; COPY to a directory writes a new directory (remove it first)".into(),
+        });
+    }
+    // Same directory, so the final rename is atomic; keeps the extension DataFusion reads the
+    // output kind from.
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let temporary = dir.join(match target.extension() {
+        Some(ext) if !directory_output => {
+            format!(".{name}.{unique}.tmp.{}", ext.to_string_lossy())
+        }
+        _ => format!(".{name}.{unique}.tmp"),
+    });
+    copy.target = if directory_output {
+        format!("{}/", temporary.display())
+    } else {
+        temporary.display().to_string()
+    };
+    Ok(CopyTarget { temporary, target })
+}
+
+/// Runs SQL in a fresh session with `models` (the first is `default`) and Parquet `tables`
+/// registered, on its own runtime: for jobs that are not async themselves (the quickstart).
+pub fn run_script(
+    models: &[std::path::PathBuf],
+    tables: &[(&str, std::path::PathBuf)],
+    sql: &str,
+) -> crate::Result<Vec<arrow::array::RecordBatch>> {
+    let specs: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    let models = Arc::new(crate::shell::load_models(&specs)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Invalid(format!("starting the async runtime: {e}")))?;
+    let ctx = session(models.clone(), session_config());
+    let tables: Vec<String> = tables
+        .iter()
+        .map(|(n, p)| format!("{n}={}", p.display()))
+        .collect();
+    runtime.block_on(async {
+        crate::shell::register_tables(&ctx, &tables).await?;
+        execute(&ctx, &models, sql).await
+    })
+}
