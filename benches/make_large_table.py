@@ -17,7 +17,7 @@ with pq.ParquetWriter(out, table.schema, compression="snappy") as writer:
         take = min(group, n - written)
         idx = pa.array([(written + i) % table.num_rows for i in range(take)])
         chunk = table.take(idx)
-        chunk = chunk.set_column(0, "id", pa.array(range(written, written + take), pa.int64()))
+        chunk = chunk.set_column(0, table.schema.field("id"), pa.array(range(written, written + take), pa.int64()))
         writer.write_table(chunk, row_group_size=group)
         written += take
 print(f"{out}: {n} rows")
