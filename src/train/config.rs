@@ -64,6 +64,9 @@ pub struct TrainConfig {
     pub lambda: f64,
     /// Weight β of the reference-salient term 1 − ‖mean s(b)‖².
     pub beta: f64,
+    /// Weight of the reference-null term: the energy of the salient encoder's un-normalised
+    /// features on reference images over that on target images (see `loss::reference_null`).
+    pub reference_null: f64,
     /// Weight of the salient/background cross-covariance penalty on target batches.
     pub gamma_xcov: f64,
     /// Weight of an auxiliary in-batch two-view contrast on the salient features (NT-Xent over a
@@ -111,6 +114,7 @@ impl Default for TrainConfig {
             alpha: 1.0,
             lambda: 1.0,
             beta: 5.0,
+            reference_null: 0.0,
             gamma_xcov: 0.0,
             two_view_weight: 0.0,
             two_view_tau: 0.5,

@@ -35,6 +35,17 @@ pub fn reference_salient(salient_of_reference: &Tensor) -> Result<Tensor> {
     Tensor::ones((), DType::F32, sq.device())?.to_dtype(sq.dtype())? - sq
 }
 
+/// Reference-null term (the contrastive-analysis principle in MM-cVAE's form): the salient
+/// encoder's *un-normalised* features should vanish on background-only images and not on target
+/// images, measured as the energy ratio mean‖u_b‖² / mean‖u_t‖². Scale-invariant, so it cannot be
+/// met by shrinking every feature, and unlike 1 − ‖mean s_b‖² it does not ask the normalised
+/// salient embeddings of anything to collapse to one direction.
+pub fn reference_null(target_features: &Tensor, reference_features: &Tensor) -> Result<Tensor> {
+    let energy = |u: &Tensor| -> Result<Tensor> { u.sqr()?.sum_keepdim(1)?.mean_all() };
+    let target = (energy(target_features)? + 1e-8)?;
+    energy(reference_features)?.div(&target)
+}
+
 /// Cross-covariance penalty between salient and background features of the same target batch:
 /// ‖Cov(s, z)‖²_F, pushing the two encoders to carry different information.
 pub fn cross_covariance(s: &Tensor, z: &Tensor) -> Result<Tensor> {
@@ -111,6 +122,15 @@ mod tests {
     }
 
     #[test]
+    fn reference_null_is_the_energy_ratio() {
+        // mean‖u_t‖² = (1 + 4)/2 = 2.5, mean‖u_b‖² = (0.25 + 0)/2 = 0.125: ratio 0.05.
+        let ut = t(&[&[1.0, 0.0], &[0.0, 2.0]]);
+        let ub = t(&[&[0.3, 0.4], &[0.0, 0.0]]);
+        assert!((scalar(&reference_null(&ut, &ub).unwrap()) - 0.05).abs() < 1e-9);
+        assert!(scalar(&reference_null(&ut, &(ub.clone() * 0.0).unwrap()).unwrap()).abs() < 1e-12);
+    }
+
+    #[test]
     fn cross_covariance_is_zero_for_independent_columns() {
         let s = t(&[&[1.0], &[-1.0], &[1.0], &[-1.0]]);
         let z = t(&[&[1.0], &[1.0], &[-1.0], &[-1.0]]);
@@ -177,5 +197,7 @@ mod tests {
         check_gradient(&f, |x| reference_salient(&crate::model::l2_normalize(x)?));
         let z = t(&[&[0.9, 0.1], &[-0.3, 0.3], &[0.2, -0.8]]);
         check_gradient(&f, |x| cross_covariance(x, &z));
+        check_gradient(&f, |x| reference_null(x, &bank));
+        check_gradient(&f, |x| reference_null(&bank, x));
     }
 }

@@ -100,19 +100,21 @@ pub struct StepStats {
     pub id_reference: f32,
     pub fd: f32,
     pub reference_salient: f32,
+    pub reference_null: f32,
     pub xcov: f32,
     pub two_view: f32,
 }
 
 impl StepStats {
     /// Every term with its name, in the training log's column order.
-    pub fn named(&self) -> [(&'static str, f32); 7] {
+    pub fn named(&self) -> [(&'static str, f32); 8] {
         [
             ("loss", self.loss),
             ("id_target", self.id_target),
             ("id_reference", self.id_reference),
             ("fd", self.fd),
             ("reference_salient", self.reference_salient),
+            ("reference_null", self.reference_null),
             ("xcov", self.xcov),
             ("two_view", self.two_view),
         ]
@@ -129,6 +131,7 @@ impl StepStats {
             id_reference: f(self.id_reference, other.id_reference),
             fd: f(self.fd, other.fd),
             reference_salient: f(self.reference_salient, other.reference_salient),
+            reference_null: f(self.reference_null, other.reference_null),
             xcov: f(self.xcov, other.xcov),
             two_view: f(self.two_view, other.two_view),
         }
@@ -436,13 +439,20 @@ impl Trainer {
         let b = idx.len();
         // With β, g_s sees target and reference images in one batch: one pass, and batch
         // statistics shared by the two sets, so a constant s(b) does not force a constant s(x).
+        let mut null_term = None;
         let (s, sb) = match &reference_batch {
-            Some((xb, _)) if cfg.beta != 0.0 => {
-                let both = self.salient.forward_t(&Tensor::cat(&[&xt, xb], 0)?, true)?;
-                (
-                    both.narrow(0, 0, b)?,
-                    Some(both.narrow(0, b, both.dim(0)? - b)?),
-                )
+            Some((xb, _)) if cfg.beta != 0.0 || cfg.reference_null != 0.0 => {
+                let features = self.salient.features(&Tensor::cat(&[&xt, xb], 0)?, true)?;
+                let n = features.dim(0)?;
+                if cfg.reference_null != 0.0 {
+                    let r = loss::reference_null(
+                        &features.narrow(0, 0, b)?,
+                        &features.narrow(0, b, n - b)?,
+                    )?;
+                    null_term = Some((r * cfg.reference_null)?);
+                }
+                let both = crate::model::l2_normalize(&features)?;
+                (both.narrow(0, 0, b)?, Some(both.narrow(0, b, n - b)?))
             }
             _ => (self.salient.forward_t(&xt, true)?, None),
         };
@@ -506,7 +516,11 @@ impl Trainer {
                 fd = (fd + loss::feature_decorrelation(&Tensor::cat(&[&zx, &zb], 0)?, cfg.tau2)?)?;
             }
             let mut extra = id_b;
-            if let Some(sb) = &sb {
+            if let Some(null) = null_term.take() {
+                stats.reference_null = null.to_scalar::<f32>()? / cfg.reference_null as f32;
+                extra = (extra + null)?;
+            }
+            if let (Some(sb), true) = (&sb, cfg.beta != 0.0) {
                 let r = loss::reference_salient(sb)?;
                 stats.reference_salient = r.to_scalar::<f32>()?;
                 extra = (extra + (r * cfg.beta)?)?;
