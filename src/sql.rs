@@ -510,7 +510,8 @@ pub async fn execute(
     use datafusion::sql::parser::{DFParser, Statement};
     let statements = DFParser::parse_sql(sql).map_err(|e| crate::Error::Invalid(e.to_string()))?;
     let mut last = Vec::new();
-    for statement in statements {
+    for mut statement in statements {
+        rewrite_field_access(&mut statement);
         let mut copy_target = None;
         let statement = match statement {
             Statement::CopyTo(mut copy) => {
@@ -534,6 +535,45 @@ pub async fn execute(
         };
     }
     Ok(last)
+}
+
+/// DataFusion 55 plans `expr['field']` but refuses `expr.field` on a function result ("Dot
+/// access not supported for non-string expr"). Users write `cluster_embed(image).cluster_id`, so
+/// such accesses are rewritten to the bracket form before planning.
+fn rewrite_field_access(statement: &mut datafusion::sql::parser::Statement) {
+    use datafusion::sql::parser::{CopyToSource, Statement};
+    use datafusion::sql::sqlparser::ast::{
+        visit_expressions_mut, AccessExpr, Expr as SqlExpr, Value, ValueWithSpan,
+    };
+    use datafusion::sql::sqlparser::tokenizer::Span;
+    use std::ops::ControlFlow;
+    fn fix(e: &mut SqlExpr) -> ControlFlow<()> {
+        if let SqlExpr::CompoundFieldAccess { root, access_chain } = e {
+            if matches!(**root, SqlExpr::Function(_) | SqlExpr::Nested(_)) {
+                for access in access_chain.iter_mut() {
+                    if let AccessExpr::Dot(SqlExpr::Identifier(ident)) = access {
+                        *access = AccessExpr::Dot(SqlExpr::Value(ValueWithSpan {
+                            value: Value::SingleQuotedString(ident.value.clone()),
+                            span: Span::empty(),
+                        }));
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+    match statement {
+        Statement::Statement(s) => {
+            let _ = visit_expressions_mut(s.as_mut(), fix);
+        }
+        Statement::CopyTo(copy) => {
+            if let CopyToSource::Query(query) = &mut copy.source {
+                let _ = visit_expressions_mut(query.as_mut(), fix);
+            }
+        }
+        Statement::Explain(explain) => rewrite_field_access(&mut explain.statement),
+        _ => {}
+    }
 }
 
 async fn run_statement(
