@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     let mut sql_times = Vec::new();
     for _ in 0..=repeats {
         let start = Instant::now();
-        std::hint::black_box(salient::sql::run_script(
+        std::hint::black_box(salient::shell::run_script(
             std::slice::from_ref(&model),
             &[("t", table.clone())],
             sql,

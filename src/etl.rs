@@ -15,10 +15,10 @@ use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use crate::data::schema::validate_image_table;
+use crate::data::reader::open_builder;
 use crate::data::schema::{CLUSTER_ID_COLUMN, DISTANCE_COLUMN, EMBEDDING_COLUMN};
 use crate::data::source::resolve_parquet_files;
-use crate::data::{ColumnNames, LabelRequirement};
+use crate::data::{ColumnNames, LabelRequirement, ReaderOptions};
 use crate::error::{Error, Result};
 use crate::infer::{shared_engine, EngineOptions};
 use crate::sql::{
@@ -75,12 +75,16 @@ pub fn run(job: &EmbedJob) -> Result<EmbedReport> {
     // Contract errors (missing column, wrong type, not Parquet) name the file before any work.
     let files = resolve_parquet_files(&job.input)?;
     let mut total_rows = 0u64;
+    let contract = ReaderOptions {
+        names: job.columns.clone(),
+        labels: LabelRequirement::Optional,
+        ..Default::default()
+    };
     for file in &files {
-        let (schema, rows) = footer(file)?;
-        validate_image_table(&schema, file, &job.columns, LabelRequirement::Optional)?;
-        total_rows += rows;
+        let (footer, _) = open_builder(file, &contract)?;
+        total_rows += footer.metadata().file_metadata().num_rows().max(0) as u64;
         for name in [EMBEDDING_COLUMN, CLUSTER_ID_COLUMN, DISTANCE_COLUMN] {
-            if schema.column_with_name(name).is_some() {
+            if footer.schema().column_with_name(name).is_some() {
                 return Err(Error::Schema {
                     path: file.clone(),
                     column: name.into(),
@@ -129,11 +133,7 @@ pub fn run(job: &EmbedJob) -> Result<EmbedReport> {
         .into();
     }
     let ctx = session(models, config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Invalid(format!("starting the async runtime: {e}")))?;
+    let runtime = crate::sql::runtime()?;
     let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let mut stream = runtime.block_on(async {
         let df = ctx
@@ -208,15 +208,6 @@ pub fn run(job: &EmbedJob) -> Result<EmbedReport> {
         seconds,
         model_id,
     })
-}
-
-/// A file's Arrow schema and row count, from its footer.
-fn footer(path: &Path) -> Result<(arrow::datatypes::SchemaRef, u64)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| parquet_error(path, e))?;
-    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-    Ok((builder.schema().clone(), rows))
 }
 
 fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> Error {

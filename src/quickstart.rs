@@ -76,7 +76,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         clusters.display()
     );
     println!("    {sql}");
-    crate::sql::run_script(
+    crate::shell::run_script(
         std::slice::from_ref(&model),
         &[("target", data.target.clone())],
         &sql,

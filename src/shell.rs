@@ -8,7 +8,9 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::error::{Error, Result};
 use crate::infer::{shared_engine, EngineOptions};
-use crate::sql::{execute, format_batches, session, session_config, ModelSet, OutputFormat};
+use crate::sql::{
+    execute, format_batches, runtime, session, session_config, ModelSet, OutputFormat,
+};
 
 /// Splits `NAME=VALUE`; without `=`, the name comes from `default_name(value)`.
 fn split_named(spec: &str, default_name: impl Fn(&str) -> String) -> (String, String) {
@@ -56,25 +58,60 @@ pub async fn register_tables(ctx: &SessionContext, specs: &[String]) -> Result<(
     Ok(())
 }
 
+/// A session with models and tables loaded, on its own runtime.
+pub struct Shell {
+    pub runtime: tokio::runtime::Runtime,
+    pub ctx: SessionContext,
+    pub models: Arc<ModelSet>,
+}
+
+/// Loads `[NAME=]DIR` models and registers `NAME=PATH` tables in a new session.
+pub fn open(model_specs: &[String], table_specs: &[String]) -> Result<Shell> {
+    let models = Arc::new(load_models(model_specs)?);
+    let runtime = runtime()?;
+    let ctx = session(models.clone(), session_config());
+    runtime.block_on(register_tables(&ctx, table_specs))?;
+    Ok(Shell {
+        runtime,
+        ctx,
+        models,
+    })
+}
+
+/// Runs SQL in a fresh session with `models` (the first is `default`) and Parquet `tables`
+/// registered: for jobs that are not async themselves (the quickstart, benchmarks).
+pub fn run_script(
+    models: &[PathBuf],
+    tables: &[(&str, PathBuf)],
+    sql: &str,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    let models: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    let tables: Vec<String> = tables
+        .iter()
+        .map(|(n, p)| format!("{n}={}", p.display()))
+        .collect();
+    let shell = open(&models, &tables)?;
+    shell
+        .runtime
+        .block_on(execute(&shell.ctx, &shell.models, sql))
+}
+
 pub fn run(
     model_specs: &[String],
     table_specs: &[String],
     format: OutputFormat,
     sql: Option<&str>,
 ) -> anyhow::Result<()> {
-    let models = Arc::new(load_models(model_specs)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let ctx = session(models.clone(), session_config());
-    runtime.block_on(register_tables(&ctx, table_specs))?;
+    let shell = open(model_specs, table_specs)?;
     match sql {
         Some(sql) => {
-            let batches = runtime.block_on(execute(&ctx, &models, sql))?;
+            let batches = shell
+                .runtime
+                .block_on(execute(&shell.ctx, &shell.models, sql))?;
             print!("{}", format_batches(&batches, format)?);
             Ok(())
         }
-        None => repl(&runtime, &ctx, &models, format),
+        None => repl(&shell.runtime, &shell.ctx, &shell.models, format),
     }
 }
 

@@ -23,10 +23,9 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
-use rayon::prelude::*;
 
 use crate::data::schema::{check_image_type, embedding_fields, ImageArray, ImageCell};
-use crate::data::{decode_into, SizePolicy};
+use crate::data::{decode_rows, SizePolicy};
 use crate::infer::InferenceEngine;
 
 pub const UDF_NAME: &str = "cluster_embed";
@@ -350,13 +349,7 @@ pub fn embed_array(
     let len = shape.len();
     let mut pixels = Vec::with_capacity(chunk.min(rows.len()) * len);
     for rows in rows.chunks(chunk) {
-        pixels.clear();
-        pixels.resize(rows.len() * len, 0);
-        let decoded: Vec<Result<(), String>> = pixels
-            .par_chunks_mut(len.max(1))
-            .zip(rows.par_iter())
-            .map(|(out, (_, bytes))| decode_into(bytes, shape, settings.size, out))
-            .collect();
+        let decoded = decode_rows(rows, shape, settings.size, &mut pixels);
         // Keep the good rows; a bad one fails the call unless it is to become NULL.
         let mut good: Vec<usize> = Vec::with_capacity(rows.len());
         for (i, result) in decoded.into_iter().enumerate() {
@@ -677,26 +670,10 @@ fn prepare_copy(
     Ok(CopyTarget { temporary, target })
 }
 
-/// Runs SQL in a fresh session with `models` (the first is `default`) and Parquet `tables`
-/// registered, on its own runtime: for jobs that are not async themselves (the quickstart).
-pub fn run_script(
-    models: &[std::path::PathBuf],
-    tables: &[(&str, std::path::PathBuf)],
-    sql: &str,
-) -> crate::Result<Vec<arrow::array::RecordBatch>> {
-    let specs: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
-    let models = Arc::new(crate::shell::load_models(&specs)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded Tokio runtime for the commands that are not async themselves.
+pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| crate::Error::Invalid(format!("starting the async runtime: {e}")))?;
-    let ctx = session(models.clone(), session_config());
-    let tables: Vec<String> = tables
-        .iter()
-        .map(|(n, p)| format!("{n}={}", p.display()))
-        .collect();
-    runtime.block_on(async {
-        crate::shell::register_tables(&ctx, &tables).await?;
-        execute(&ctx, &models, sql).await
-    })
+        .map_err(|e| crate::Error::Invalid(format!("starting the async runtime: {e}")))
 }

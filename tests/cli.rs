@@ -1,15 +1,11 @@
 //! The `salient` binary as a user meets it: exit statuses, one clear error line, no panics.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn salient(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args(args)
-        .env("SALIENT_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use std::path::Path;
+use std::process::Output;
+
+use common::{salient, stderr};
 
 /// `salient train` with a target, a reference, an output directory and an optional config file.
 fn train(target: &Path, reference: &Path, out: &Path, config: Option<&Path>) -> Output {
@@ -26,10 +22,6 @@ fn train(target: &Path, reference: &Path, out: &Path, config: Option<&Path>) -> 
         args.extend(["--config", config.to_str().unwrap()]);
     }
     salient(&args)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -1,52 +1,23 @@
 //! ONNX export and the real ONNX Runtime: candle and ORT agree on real images, the file passes
 //! onnx.checker and Python's onnxruntime, and a corrupted or mismatched model is refused.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use salient::data::{decode_batch, ImageTableReader, NullPolicy, ReaderOptions, SizePolicy};
-use salient::datasets::{self, DatasetName};
 use salient::evaluate::TrainedModel;
 use salient::export::ONNX_FILE;
 use salient::infer::{EngineOptions, InferenceEngine};
 use salient::manifest::Manifest;
 use salient::model::Architecture;
-use salient::train::job::{run, TrainJob};
-use salient::train::TrainConfig;
 
-/// Trains a small model for one epoch on 256 real mnist-grass images (train exports it).
+/// A small model trained for one epoch on 256 real mnist-grass images (train exports it), and
+/// its target table.
 fn trained(dir: &Path, architecture: Architecture, head_norm: bool) -> (PathBuf, PathBuf) {
-    let data = datasets::build_with_rows(
-        DatasetName::MnistGrass,
-        dir,
-        0,
-        &datasets::default_sources_dir(),
-        Some(256),
-    )
-    .unwrap();
-    let config = TrainConfig {
-        architecture,
-        width: Some(8),
-        head_norm,
-        epochs: 1,
-        batch_size: 64,
-        dim_salient: 16,
-        dim_background: 16,
-        kmeans_restarts: 2,
-        ..Default::default()
-    };
-    let out = dir.join("model");
-    run(&TrainJob {
-        target: data.target.to_string_lossy().into_owned(),
-        reference: Some(data.reference.to_string_lossy().into_owned()),
-        out: out.clone(),
-        config,
-        resume: false,
-        size: SizePolicy::Exact,
-        device: candle_core::Device::Cpu,
-    })
-    .unwrap();
-    (out, data.target)
+    let (model, data) = common::tiny_model(dir, architecture, head_norm, 256);
+    (model, data.target)
 }
 
 /// The decoded pixels of every image of a table.

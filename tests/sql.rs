@@ -4,12 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use common::{image_array, read_rows, tiny_model, write_columns, ImageEncoding};
+use common::{image_array, read_rows, salient, stderr, tiny_model, write_columns, ImageEncoding};
 use salient::model::Architecture;
 use salient::sql::{execute, session, session_config, ModelSet};
 
@@ -181,16 +181,29 @@ async fn sqllogictest_files() {
     }
 }
 
-fn salient(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args(args)
-        .env("SALIENT_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `tests/interop/read_embedded.py`: pyarrow and DuckDB read `path` with `rows` rows and the
+/// model's `salient.model` metadata (and exactly `columns`, when given).
+fn check_embedded(path: &Path, model: &Path, rows: usize, columns: Option<&str>) {
+    let id = salient::manifest::Manifest::read(model).unwrap().id;
+    let mut check = Command::new("python3");
+    check
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/read_embedded.py"
+        ))
+        .arg(path)
+        .arg(&id)
+        .arg(rows.to_string());
+    if let Some(columns) = columns {
+        check.arg(columns);
+    }
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -278,23 +291,7 @@ fn copy_to_parquet_is_readable_by_pyarrow_and_duckdb_with_model_metadata() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["clusters.parquet".to_string()]);
-    let id = salient::manifest::Manifest::read(&f.model).unwrap().id;
-    let check = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/read_embedded.py"
-        ))
-        .arg(&out_path)
-        .arg(&id)
-        .arg("96")
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    check_embedded(&out_path, &f.model, 96, None);
 
     // A failing COPY leaves nothing behind.
     let bad = format!("t={}", table("corrupt").display());
@@ -333,23 +330,11 @@ fn embed_keeps_every_column_appends_the_outputs_and_is_atomic() {
         "40",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let id = salient::manifest::Manifest::read(&f.model).unwrap().id;
-    let check = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/read_embedded.py"
-        ))
-        .arg(&output)
-        .arg(&id)
-        .arg("96")
-        .arg("id,image,label,embedding,cluster_id,distance")
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
+    check_embedded(
+        &output,
+        &f.model,
+        96,
+        Some("id,image,label,embedding,cluster_id,distance"),
     );
 
     // NULL image: NULL outputs, the row kept.
@@ -391,7 +376,7 @@ fn embed_keeps_every_column_appends_the_outputs_and_is_atomic() {
 #[test]
 fn selecting_several_fields_runs_the_model_once() {
     let f = fixture();
-    let batches = salient::sql::run_script(
+    let batches = salient::shell::run_script(
         std::slice::from_ref(&f.model),
         &[("t", table("target").to_path_buf())],
         "EXPLAIN SELECT id, c['embedding'] AS e, c['cluster_id'] AS k, c['distance'] AS d \

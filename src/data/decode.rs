@@ -157,6 +157,26 @@ pub struct DecodedBatch {
     pub skipped: Vec<i64>,
 }
 
+/// Decodes `(row, bytes)` images in parallel into `pixels` (resized to one `shape` per image, in
+/// order) and returns each image's outcome; a failed image leaves zeros in its slot.
+pub fn decode_rows(
+    rows: &[(usize, &[u8])],
+    shape: ImageShape,
+    size: SizePolicy,
+    pixels: &mut Vec<u8>,
+) -> Vec<std::result::Result<(), String>> {
+    pixels.clear();
+    pixels.resize(rows.len() * shape.len(), 0);
+    if shape.is_empty() {
+        return Vec::new();
+    }
+    pixels
+        .par_chunks_mut(shape.len())
+        .zip(rows.par_iter())
+        .map(|(out, (_, bytes))| decode_into(bytes, shape, size, out))
+        .collect()
+}
+
 /// Decodes every image of `batch` in parallel. The first bad row (in row order) fails the whole
 /// batch with an error naming the file and the row id.
 pub fn decode_batch(
@@ -193,16 +213,8 @@ pub fn decode_batch(
             }
         }
     }
-    let mut pixels = vec![0u8; rows.len() * shape.len()];
-    let results: Vec<std::result::Result<(), String>> = if shape.is_empty() {
-        Vec::new()
-    } else {
-        pixels
-            .par_chunks_mut(shape.len())
-            .zip(rows.par_iter())
-            .map(|(out, (_, bytes))| decode_into(bytes, shape, size, out))
-            .collect()
-    };
+    let mut pixels = Vec::new();
+    let results = decode_rows(&rows, shape, size, &mut pixels);
     if let Some((i, Err(message))) = results.into_iter().enumerate().find(|(_, r)| r.is_err()) {
         return Err(row_error(rows[i].0, message));
     }

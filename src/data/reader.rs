@@ -207,7 +207,8 @@ impl Iterator for ImageTableReader {
     }
 }
 
-fn open_builder(
+/// Opens a Parquet file and checks its schema against the contract (footer only, no rows read).
+pub(crate) fn open_builder(
     path: &Path,
     options: &ReaderOptions,
 ) -> Result<(ParquetRecordBatchReaderBuilder<File>, TableLayout)> {

@@ -220,3 +220,16 @@ pub fn read_rows(path: &Path) -> Vec<(i64, Vec<u8>, Option<i64>)> {
     }
     rows
 }
+
+/// Runs the `salient` binary with quiet logs.
+pub fn salient(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_salient"))
+        .args(args)
+        .env("SALIENT_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
