@@ -127,7 +127,9 @@ impl TrainedModel {
     }
 }
 
-/// `salient evaluate`: the model's clusters on a labelled table, scored.
+/// `salient evaluate`: the model's clusters on a labelled table, scored. The clusters come from
+/// model.onnx in ONNX Runtime, the graph SQL and `embed` run, so a corrupt or mismatched graph is
+/// refused here too and the scores describe what is deployed.
 pub fn evaluate_model(
     dir: &std::path::Path,
     input: &str,
@@ -135,7 +137,7 @@ pub fn evaluate_model(
     size: crate::data::SizePolicy,
 ) -> Result<ClusterScores> {
     use crate::data::{ColumnNames, LabelRequirement, ReaderOptions};
-    let model = TrainedModel::load(dir)?;
+    let engine = crate::infer::InferenceEngine::load(dir, crate::infer::EngineOptions::default())?;
     let options = ReaderOptions {
         names: ColumnNames {
             label: label_column.to_string(),
@@ -144,7 +146,7 @@ pub fn evaluate_model(
         labels: LabelRequirement::Required,
         ..Default::default()
     };
-    let shape = model.manifest.input.shape;
+    let shape = engine.manifest.input.shape;
     let mut labels = Vec::new();
     let mut predicted = Vec::new();
     for batch in crate::data::ImageTableReader::open(input, options)? {
@@ -159,8 +161,16 @@ pub fn evaluate_model(
             })?;
             labels.push(label);
         }
-        let embeddings = model.embed(&decoded.pixels)?;
-        predicted.extend(model.assign(&embeddings)?.into_iter().map(|(c, _)| c));
+        if decoded.ids.is_empty() {
+            continue;
+        }
+        let embedded = engine.run(&decoded.pixels)?;
+        predicted.extend(embedded.cluster_id.into_iter().map(|c| c as u32));
+    }
+    if labels.is_empty() {
+        return Err(crate::error::Error::Invalid(format!(
+            "{input}: the table has no rows to score"
+        )));
     }
     Ok(scores(&labels, &predicted)?)
 }

@@ -47,6 +47,10 @@ pub async fn register_tables(ctx: &SessionContext, specs: &[String]) -> Result<(
         };
         // Resolve first: a missing file is named here, not deep inside DataFusion.
         let files = crate::data::source::resolve_parquet_files(path)?;
+        // Open every footer here, so a truncated or foreign file is named in salient's words.
+        for file in &files {
+            crate::data::source::check_parquet(file)?;
+        }
         let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
         let df = ctx
             .read_parquet(paths, ParquetReadOptions::default())

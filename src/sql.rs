@@ -439,8 +439,74 @@ pub fn session(models: Arc<ModelSet>, config: SessionConfig) -> SessionContext {
     // would run the model three times. Without this rule the call stays computed once (the
     // projection merge rule already refuses to duplicate it). `tests/sql.rs` checks the plan.
     ctx.remove_optimizer_rule("push_down_leaf_projections");
+    ctx.add_analyzer_rule(Arc::new(AttachRowIds));
     register(&ctx, models);
     ctx
+}
+
+/// Passes the table's `id` column to `cluster_embed(image[, 'model'])` wherever the call's input
+/// has exactly one Int64 column named `id` (the image-table contract), so that a bad image in
+/// plain SQL is reported by row id, as `embed` reports it. Output names stay as written.
+#[derive(Debug)]
+struct AttachRowIds;
+
+impl datafusion::optimizer::AnalyzerRule for AttachRowIds {
+    fn name(&self) -> &str {
+        "salient_attach_row_ids"
+    }
+
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &ConfigOptions,
+    ) -> datafusion::common::Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::expr::ScalarFunction;
+        use datafusion::logical_expr::expr_rewriter::NamePreserver;
+        use datafusion::logical_expr::Expr;
+
+        plan.transform_up_with_subqueries(|node| {
+            let id = {
+                let inputs = node.inputs();
+                let mut ids = inputs
+                    .iter()
+                    .take(if inputs.len() == 1 { 1 } else { 0 })
+                    .flat_map(|input| input.schema().iter())
+                    .filter(|(_, f)| f.name() == "id" && *f.data_type() == DataType::Int64);
+                match (ids.next(), ids.next()) {
+                    (Some(id), None) => Some(Expr::Column(datafusion::common::Column::from(id))),
+                    _ => None,
+                }
+            };
+            let Some(id) = id else {
+                return Ok(Transformed::no(node));
+            };
+            let names = NamePreserver::new(&node);
+            let rewritten = node.map_expressions(|expr| {
+                let saved = names.save(&expr);
+                let out = expr.transform_up(|e| match e {
+                    Expr::ScalarFunction(f) if f.func.name() == UDF_NAME && f.args.len() < 3 => {
+                        let mut args = f.args;
+                        if args.len() == 1 {
+                            args.push(datafusion::logical_expr::lit(DEFAULT_MODEL));
+                        }
+                        args.push(id.clone());
+                        Ok(Transformed::yes(Expr::ScalarFunction(
+                            ScalarFunction::new_udf(f.func, args),
+                        )))
+                    }
+                    e => Ok(Transformed::no(e)),
+                })?;
+                Ok(out.update_data(|e| saved.restore(e)))
+            })?;
+            if rewritten.transformed {
+                rewritten.map_data(|plan| plan.recompute_schema())
+            } else {
+                Ok(rewritten)
+            }
+        })
+        .map(|t| t.data)
+    }
 }
 
 /// How `salient sql` prints results.
@@ -587,7 +653,18 @@ async fn run_statement(
 
 /// DataFusion's errors, with the `cluster_embed` message (naming the row) kept readable.
 pub fn datafusion_error(e: DataFusionError) -> crate::Error {
-    crate::Error::Invalid(e.to_string())
+    let text = e.to_string();
+    // A refused `cluster_embed` argument reaches the user wrapped in DataFusion's generic
+    // "no function matches" text and a candidate list; the function's own reason is the message.
+    let own = format!("{UDF_NAME}: ");
+    if text.contains("coercion failed with:") {
+        if let Some(start) = text.rfind(&own) {
+            let reason = &text[start..];
+            let end = reason.find(". No function matches").unwrap_or(reason.len());
+            return crate::Error::Invalid(reason[..end].trim_end().to_string());
+        }
+    }
+    crate::Error::Invalid(text)
 }
 
 /// Where a `COPY` really writes, and where its output goes when it succeeds.

@@ -131,3 +131,54 @@ fn the_shipped_pipelines_parse() {
         }
     }
 }
+
+#[test]
+fn a_rerun_after_a_failed_step_resumes_at_that_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    // The embed step writes under `blocker`, which is a regular file: the step fails.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let file = dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"resume\"\nout = \"{}\"\n[data]\ndataset = \"mnist-grass\"\nrows = 64\n\
+             [train]\nepochs = 1\nbatch_size = 32\nwidth = 8\ndim_salient = 8\n\
+             dim_background = 8\nkmeans_restarts = 1\n[embed]\noutput = \"{}\"\n[evaluate]\n",
+            out.display(),
+            blocker.join("embedded.parquet").display()
+        ),
+    )
+    .unwrap();
+    let pipeline = Pipeline::from_file(&file).unwrap();
+    let err = run(&pipeline, false).unwrap_err().to_string();
+    assert!(err.contains("blocker"), "{err}");
+    let trained = std::fs::metadata(out.join("model/manifest.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // The cause removed, the rerun starts at the step that failed.
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    let report = run(&pipeline, false).unwrap();
+    use StepOutcome::*;
+    assert_eq!(
+        outcomes(&report),
+        vec![
+            ("data", Skipped),
+            ("train", Skipped),
+            ("export", Skipped),
+            ("embed", Ran),
+            ("evaluate", Ran)
+        ]
+    );
+    assert!(blocker.join("embedded.parquet").is_file());
+    assert_eq!(report.metrics.unwrap().n, 64);
+    let after = std::fs::metadata(out.join("model/manifest.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(trained, after, "the model was not retrained");
+}

@@ -1,6 +1,7 @@
 //! Image tables: the input contract, streaming Parquet reading and parallel image decoding.
 
 pub mod decode;
+pub mod fuzzing;
 pub mod reader;
 pub mod schema;
 pub mod source;

@@ -48,6 +48,19 @@ pub fn resolve_parquet_files(spec: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Opens a Parquet file's footer (no rows read), so a truncated or foreign file is refused by
+/// name before a query plans over it.
+pub fn check_parquet(path: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|source| Error::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(())
+}
+
 /// A cheap, content-based fingerprint of a Parquet file: sha256 of its size and footer (the
 /// footer holds every row group's offsets, sizes and statistics), without reading the data.
 pub fn parquet_fingerprint(path: &std::path::Path) -> Result<String> {
@@ -57,7 +70,7 @@ pub fn parquet_fingerprint(path: &std::path::Path) -> Result<String> {
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let corrupt = || Error::File {
         path: path.to_path_buf(),
-        message: "not a Parquet file (no PAR1 footer)".into(),
+        message: "not a readable Parquet file (no valid PAR1 footer)".into(),
     };
     if size < 12 {
         return Err(corrupt());
