@@ -108,15 +108,12 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
     let log = std::fs::read_to_string(model.join(TRAINING_LOG_FILE)).unwrap();
     assert_eq!(log.lines().count(), 4, "resume appends to the log:\n{log}");
 
-    // A tampered weights file is refused.
+    // A tampered weights file is refused where the weights are read (export, candle
+    // evaluation); `evaluate` scores model.onnx, whose tampering tests/bad_input.rs covers.
     std::fs::write(model.join(WEIGHTS_FILE), b"not weights").unwrap();
-    let err = evaluate_model(
-        &model,
-        data.target.to_str().unwrap(),
-        "label",
-        SizePolicy::Exact,
-    )
-    .unwrap_err();
+    let err = salient::evaluate::TrainedModel::load(&model)
+        .err()
+        .expect("tampered weights must be refused");
     assert!(
         err.to_string().contains("differs from the manifest"),
         "{err}"
