@@ -213,7 +213,11 @@ struct CompareArgs {
     clusters: usize,
     #[arg(long, default_value_t = 3)]
     seeds: usize,
-    #[arg(long, value_delimiter = ',', default_value = "raw,pca,cpca,idfd,cidfd")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,pca,cpca,whiten,idfd,cidfd"
+    )]
     methods: Vec<CompareMethod>,
     /// Components kept by PCA and contrastive PCA.
     #[arg(long, default_value_t = 20)]
