@@ -180,6 +180,32 @@ fn scalar_string(value: &ScalarValue) -> Option<&str> {
     }
 }
 
+/// The argument types `cluster_embed` accepts, after `coerce_types`.
+fn check_arguments(fields: &[FieldRef]) -> datafusion::common::Result<()> {
+    if fields.is_empty() || fields.len() > 3 {
+        return plan_err!(
+            "{UDF_NAME} takes (image), (image, 'model') or (image, 'model', id); got {} arguments",
+            fields.len()
+        );
+    }
+    if let Err(message) = check_image_type(fields[0].data_type()) {
+        return plan_err!("{UDF_NAME}: the image argument {message}");
+    }
+    if let Some(t) = fields.get(1).map(|f| f.data_type()) {
+        if !matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) {
+            return plan_err!(
+                "{UDF_NAME}: the model argument is {t}, expected a model name string"
+            );
+        }
+    }
+    if let Some(t) = fields.get(2).map(|f| f.data_type()) {
+        if *t != DataType::Int64 {
+            return plan_err!("{UDF_NAME}: the id argument is {t}, expected an integer");
+        }
+    }
+    Ok(())
+}
+
 impl ScalarUDFImpl for ClusterEmbed {
     fn name(&self) -> &str {
         UDF_NAME
@@ -189,38 +215,19 @@ impl ScalarUDFImpl for ClusterEmbed {
         &self.signature
     }
 
+    /// Only coerces (a NULL image to Binary, any integer id to Int64); the arguments are
+    /// validated in `return_field_from_args`, whose errors reach the user as written, while an
+    /// error here would come wrapped in DataFusion's "no function matches" candidate list.
     fn coerce_types(&self, arg_types: &[DataType]) -> datafusion::common::Result<Vec<DataType>> {
-        if arg_types.is_empty() || arg_types.len() > 3 {
-            return plan_err!(
-                "{UDF_NAME} takes (image), (image, 'model') or (image, 'model', id); got {} arguments",
-                arg_types.len()
-            );
-        }
-        let mut out = Vec::with_capacity(arg_types.len());
-        out.push(match &arg_types[0] {
-            DataType::Null => DataType::Binary,
-            t => match check_image_type(t) {
-                Ok(()) => t.clone(),
-                Err(message) => return plan_err!("{UDF_NAME}: the image argument {message}"),
-            },
-        });
-        if let Some(t) = arg_types.get(1) {
-            match t {
-                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => out.push(t.clone()),
-                other => {
-                    return plan_err!(
-                        "{UDF_NAME}: the model argument is {other}, expected a model name string"
-                    )
-                }
-            }
-        }
-        if let Some(t) = arg_types.get(2) {
-            if !t.is_integer() && *t != DataType::Null {
-                return plan_err!("{UDF_NAME}: the id argument is {t}, expected an integer");
-            }
-            out.push(DataType::Int64);
-        }
-        Ok(out)
+        Ok(arg_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match (i, t) {
+                (0, DataType::Null) => DataType::Binary,
+                (2, t) if t.is_integer() || *t == DataType::Null => DataType::Int64,
+                (_, t) => t.clone(),
+            })
+            .collect())
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
@@ -233,6 +240,7 @@ impl ScalarUDFImpl for ClusterEmbed {
         &self,
         args: ReturnFieldArgs,
     ) -> datafusion::common::Result<FieldRef> {
+        check_arguments(args.arg_fields)?;
         let name = match (args.arg_fields.get(1), args.scalar_arguments.get(1)) {
             (None, _) => None,
             (Some(_), Some(Some(value))) => match scalar_string(value) {
@@ -444,6 +452,21 @@ pub fn session(models: Arc<ModelSet>, config: SessionConfig) -> SessionContext {
     ctx
 }
 
+/// The one Int64 column named `id` of a schema, if there is exactly one.
+fn unique_id_column(
+    schema: &datafusion::common::DFSchema,
+) -> Option<datafusion::logical_expr::Expr> {
+    let mut ids = schema
+        .iter()
+        .filter(|(_, f)| f.name() == "id" && *f.data_type() == DataType::Int64);
+    match (ids.next(), ids.next()) {
+        (Some(id), None) => Some(datafusion::logical_expr::Expr::Column(
+            datafusion::common::Column::from(id),
+        )),
+        _ => None,
+    }
+}
+
 /// Passes the table's `id` column to `cluster_embed(image[, 'model'])` wherever the call's input
 /// has exactly one Int64 column named `id` (the image-table contract), so that a bad image in
 /// plain SQL is reported by row id, as `embed` reports it. Output names stay as written.
@@ -466,17 +489,9 @@ impl datafusion::optimizer::AnalyzerRule for AttachRowIds {
         use datafusion::logical_expr::Expr;
 
         plan.transform_up_with_subqueries(|node| {
-            let id = {
-                let inputs = node.inputs();
-                let mut ids = inputs
-                    .iter()
-                    .take(if inputs.len() == 1 { 1 } else { 0 })
-                    .flat_map(|input| input.schema().iter())
-                    .filter(|(_, f)| f.name() == "id" && *f.data_type() == DataType::Int64);
-                match (ids.next(), ids.next()) {
-                    (Some(id), None) => Some(Expr::Column(datafusion::common::Column::from(id))),
-                    _ => None,
-                }
+            let id = match node.inputs().as_slice() {
+                [input] => unique_id_column(input.schema()),
+                _ => None,
             };
             let Some(id) = id else {
                 return Ok(Transformed::no(node));
@@ -653,18 +668,7 @@ async fn run_statement(
 
 /// DataFusion's errors, with the `cluster_embed` message (naming the row) kept readable.
 pub fn datafusion_error(e: DataFusionError) -> crate::Error {
-    let text = e.to_string();
-    // A refused `cluster_embed` argument reaches the user wrapped in DataFusion's generic
-    // "no function matches" text and a candidate list; the function's own reason is the message.
-    let own = format!("{UDF_NAME}: ");
-    if text.contains("coercion failed with:") {
-        if let Some(start) = text.rfind(&own) {
-            let reason = &text[start..];
-            let end = reason.find(". No function matches").unwrap_or(reason.len());
-            return crate::Error::Invalid(reason[..end].trim_end().to_string());
-        }
-    }
-    crate::Error::Invalid(text)
+    crate::Error::Invalid(e.to_string())
 }
 
 /// Where a `COPY` really writes, and where its output goes when it succeeds.
