@@ -78,8 +78,7 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
-/// Each entry point, run on `input` with `model`, writing under a fresh name; returns the
-/// process output and the paths that must not exist after a refusal.
+/// The CLI entry points the matrix covers.
 #[derive(Clone, Copy, Debug)]
 enum Entry {
     Train,
@@ -97,6 +96,8 @@ const ENTRIES: [Entry; 5] = [
     Entry::Run,
 ];
 
+/// Runs `entry` on `input` with `model`, writing under a fresh name; returns the process output
+/// and the paths that must not exist after a refusal.
 fn invoke(entry: Entry, case: &str, input: &Path, model: &Path) -> (Output, Vec<PathBuf>) {
     let c = corpus();
     let out = c.root.join(format!("out-{case}-{entry:?}"));
@@ -282,14 +283,8 @@ fn an_image_of_another_size_is_refused_unless_resizing_is_asked_for() {
 fn embedded(path: &Path) -> Vec<(i64, Option<i32>)> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int32Type, Int64Type};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in common::read_batches(path) {
         let ids = batch
             .column_by_name("id")
             .unwrap()
@@ -315,11 +310,8 @@ fn a_null_image_gives_null_outputs_and_an_empty_table_an_empty_output() {
         let (o, outputs) = invoke(entry, "null", &nulls, &c.model);
         assert!(o.status.success(), "{entry:?}: {}", common::stderr(&o));
         let out = outputs[0].clone();
-        let rows = if matches!(entry, Entry::Embed) {
-            embedded(&out)
-        } else {
-            embedded_sql(&out)
-        };
+        // The COPY names its cluster column `cluster_id` too.
+        let rows = embedded(&out);
         assert_eq!(rows.len(), 12, "{entry:?}");
         for (id, cluster) in rows {
             assert_eq!(cluster.is_none(), id == bad, "{entry:?}: row id {id}");
@@ -339,11 +331,7 @@ fn a_null_image_gives_null_outputs_and_an_empty_table_an_empty_output() {
         let (o, outputs) = invoke(entry, "empty", &empty, &c.model);
         assert!(o.status.success(), "{entry:?}: {}", common::stderr(&o));
         assert!(outputs[0].is_file(), "{entry:?} wrote no output");
-        let rows = if matches!(entry, Entry::Embed) {
-            embedded(&outputs[0])
-        } else {
-            embedded_sql(&outputs[0])
-        };
+        let rows = embedded(&outputs[0]);
         assert!(rows.is_empty(), "{entry:?}");
     }
     // Nothing to train on or to score: said so, naming the file.
@@ -354,11 +342,6 @@ fn a_null_image_gives_null_outputs_and_an_empty_table_an_empty_output() {
         &c.model,
         &["empty.parquet"],
     );
-}
-
-/// The COPY output names its cluster column `cluster_id` as well.
-fn embedded_sql(path: &Path) -> Vec<(i64, Option<i32>)> {
-    embedded(path)
 }
 
 #[test]

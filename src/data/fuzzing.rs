@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, StructArray};
+use arrow::array::StructArray;
 use arrow::array::{ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, StringArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
@@ -66,9 +66,7 @@ fn column(cells: &[Option<&[u8]>], encoding: u8) -> ArrayRef {
             let validity = NullBuffer::from(cells.iter().map(Option::is_some).collect::<Vec<_>>());
             let bytes: ArrayRef = Arc::new(BinaryArray::from(cells.to_vec()));
             let paths: ArrayRef = Arc::new(StringArray::from(paths));
-            let array = StructArray::new(fields, vec![bytes, paths], Some(validity));
-            debug_assert_eq!(array.len(), cells.len());
-            Arc::new(array)
+            Arc::new(StructArray::new(fields, vec![bytes, paths], Some(validity)))
         }
     }
 }

@@ -191,18 +191,23 @@ pub fn tiny_model(
     (out, data)
 }
 
+/// Every record batch of a Parquet file, in order.
+pub fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The (id, image bytes, label) rows of an image table.
 pub fn read_rows(path: &Path) -> Vec<(i64, Vec<u8>, Option<i64>)> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(path) {
         let ids = batch
             .column_by_name("id")
             .unwrap()
