@@ -11,6 +11,7 @@
 //! * [`infer`]: ONNX Runtime: finding the library, sessions pooled per model;
 //! * [`etl`]: `salient embed`, Parquet in and Parquet out through DataFusion;
 //! * [`sql`]: `cluster_embed()` in DataFusion and the sessions that serve it;
+//! * `distributed` (cargo feature `ballista`): the same on an Apache Ballista cluster;
 //! * [`manifest`]: the model directory;
 //! * [`atomic`]: all-or-nothing file output;
 //! * [`error`]: the typed errors every module returns.
@@ -21,6 +22,8 @@ pub mod cluster;
 pub mod compare;
 pub mod data;
 pub mod datasets;
+#[cfg(feature = "ballista")]
+pub mod distributed;
 pub mod error;
 pub mod etl;
 pub mod evaluate;

@@ -105,8 +105,53 @@ enum Command {
         tables: Vec<String>,
         #[arg(long, value_enum, default_value_t = salient::sql::OutputFormat::Table)]
         format: salient::sql::OutputFormat,
+        /// Run the queries on an Apache Ballista cluster: the scheduler's URL, df://HOST:PORT
+        /// (see `salient scheduler`; needs a build with `--features ballista`).
+        #[arg(long, value_name = "URL")]
+        scheduler: Option<String>,
         /// Statements separated by `;`; the last one's rows are printed.
         sql: Option<String>,
+    },
+    /// Run an Apache Ballista scheduler that knows `cluster_embed` (feature `ballista`).
+    #[cfg(feature = "ballista")]
+    Scheduler {
+        /// The models, as for `sql`: the same paths the executors load.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        /// Address to bind; 0.0.0.0 accepts executors and clients from other machines.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// The host name executors and clients reach the scheduler by.
+        #[arg(long, default_value = "localhost")]
+        external_host: String,
+        #[arg(long, default_value_t = 50050)]
+        port: u16,
+    },
+    /// Run an Apache Ballista executor with `cluster_embed` (feature `ballista`).
+    #[cfg(feature = "ballista")]
+    Executor {
+        /// The models, as for `sql`; every executor must be able to read these paths.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        /// The scheduler, HOST:PORT.
+        #[arg(long, default_value = "localhost:50050")]
+        scheduler: String,
+        /// Address to bind the Arrow Flight service to.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// The host name other nodes fetch this executor's results from (default: the address
+        /// the scheduler sees).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// The Arrow Flight port (advertised to the scheduler, so not 0).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Tasks run at once (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+        /// Directory for shuffle files (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<String>,
     },
     /// Run the baselines (raw, PCA, contrastive PCA) and IDFD / cIDFD on the same data and seeds.
     Compare(CompareArgs),
@@ -441,8 +486,60 @@ fn run(command: Command) -> anyhow::Result<()> {
             models,
             tables,
             format,
+            scheduler,
             sql,
-        } => salient::shell::run(&models, &tables, format, sql.as_deref()),
+        } => {
+            let engine = match scheduler {
+                Some(url) => salient::shell::Engine::Ballista(url),
+                None => salient::shell::Engine::Local,
+            };
+            salient::shell::run(&models, &tables, &engine, format, sql.as_deref())
+        }
+        #[cfg(feature = "ballista")]
+        Command::Scheduler {
+            models,
+            bind_host,
+            external_host,
+            port,
+        } => {
+            let models = std::sync::Arc::new(salient::shell::load_models(&models)?);
+            let options = salient::distributed::SchedulerOptions {
+                bind_host,
+                external_host,
+                port,
+            };
+            salient::sql::runtime()?
+                .block_on(salient::distributed::run_scheduler(models, &options))
+                .context("Ballista scheduler failed")
+        }
+        #[cfg(feature = "ballista")]
+        Command::Executor {
+            models,
+            scheduler,
+            bind_host,
+            external_host,
+            port,
+            vcores,
+            work_dir,
+        } => {
+            let (scheduler_host, scheduler_port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--scheduler `{scheduler}`: expected HOST:PORT"))?;
+            let models = std::sync::Arc::new(salient::shell::load_models(&models)?);
+            let options = salient::distributed::ExecutorOptions {
+                scheduler_host,
+                scheduler_port,
+                bind_host,
+                external_host,
+                port,
+                vcores,
+                work_dir,
+            };
+            salient::sql::runtime()?
+                .block_on(salient::distributed::run_executor(models, &options))
+                .context("Ballista executor failed")
+        }
         Command::Compare(args) => {
             let mut train = match &args.config {
                 Some(path) => TrainConfig::from_toml_file(path)?,

@@ -51,7 +51,12 @@ pub async fn register_tables(ctx: &SessionContext, specs: &[String]) -> Result<(
         for file in &files {
             crate::data::source::check_parquet(file)?;
         }
-        let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        // Absolute paths: on a cluster the scheduler and executors read the files themselves.
+        let paths: Vec<String> = files
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .map(|p| p.display().to_string())
+            .collect();
         let df = ctx
             .read_parquet(paths, ParquetReadOptions::default())
             .await
@@ -69,11 +74,29 @@ pub struct Shell {
     pub models: Arc<ModelSet>,
 }
 
-/// Loads `[NAME=]DIR` models and registers `NAME=PATH` tables in a new session.
+/// Where `salient sql` runs its queries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// In this process.
+    #[default]
+    Local,
+    /// On the Apache Ballista scheduler at this URL (`df://host:port`).
+    Ballista(String),
+}
+
+/// Loads `[NAME=]DIR` models and registers `NAME=PATH` tables in a new local session.
 pub fn open(model_specs: &[String], table_specs: &[String]) -> Result<Shell> {
+    open_on(model_specs, table_specs, &Engine::Local)
+}
+
+/// Like [`open`], with the queries running on `engine`.
+pub fn open_on(model_specs: &[String], table_specs: &[String], engine: &Engine) -> Result<Shell> {
     let models = Arc::new(load_models(model_specs)?);
     let runtime = runtime()?;
-    let ctx = session(models.clone(), session_config());
+    let ctx = match engine {
+        Engine::Local => session(models.clone(), session_config()),
+        Engine::Ballista(url) => remote(&runtime, models.clone(), url)?,
+    };
     runtime.block_on(register_tables(&ctx, table_specs))?;
     Ok(Shell {
         runtime,
@@ -100,18 +123,45 @@ pub fn run_script(
         .block_on(execute(&shell.ctx, &shell.models, sql))
 }
 
+#[cfg(feature = "ballista")]
+fn remote(
+    runtime: &tokio::runtime::Runtime,
+    models: Arc<ModelSet>,
+    url: &str,
+) -> Result<SessionContext> {
+    runtime.block_on(crate::distributed::remote_session(models, url))
+}
+
+#[cfg(not(feature = "ballista"))]
+fn remote(
+    _runtime: &tokio::runtime::Runtime,
+    _models: Arc<ModelSet>,
+    url: &str,
+) -> Result<SessionContext> {
+    Err(Error::Invalid(format!(
+        "--scheduler {url}: this salient was built without Ballista support; rebuild with `--features ballista`"
+    )))
+}
+
 pub fn run(
     model_specs: &[String],
     table_specs: &[String],
+    engine: &Engine,
     format: OutputFormat,
     sql: Option<&str>,
 ) -> anyhow::Result<()> {
-    let shell = open(model_specs, table_specs)?;
+    let shell = open_on(model_specs, table_specs, engine)?;
     match sql {
         Some(sql) => {
             let batches = shell
                 .runtime
-                .block_on(execute(&shell.ctx, &shell.models, sql))?;
+                .block_on(execute(&shell.ctx, &shell.models, sql))
+                .map_err(|e| match engine {
+                    Engine::Local => anyhow::Error::from(e),
+                    Engine::Ballista(url) => {
+                        anyhow::Error::from(e).context(format!("on the Ballista scheduler {url}"))
+                    }
+                })?;
             print!("{}", format_batches(&batches, format)?);
             Ok(())
         }

@@ -16,8 +16,8 @@ use arrow::array::{
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Int64Type};
-use datafusion::common::config::{ConfigExtension, ConfigOptions};
-use datafusion::common::{exec_err, extensions_options, plan_err, DataFusionError, ScalarValue};
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+use datafusion::common::{exec_err, plan_err, DataFusionError, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
@@ -34,19 +34,79 @@ pub const DEFAULT_MODEL: &str = "default";
 /// The Parquet key-value metadata key naming the model that produced a file's embeddings.
 pub const MODEL_METADATA_KEY: &str = "salient.model";
 
-extensions_options! {
-    /// salient's session settings, changed with SQL `SET salient.<name> = <value>`.
-    pub struct SalientOptions {
-        /// What `cluster_embed` does with an undecodable image: 'error' (fail the query, naming
-        /// the row) or 'null' (return NULL for that row).
-        pub on_bad_image: String, default = "error".to_string()
-        /// Resize images whose size differs from the model's instead of failing.
-        pub resize: bool, default = false
+/// salient's session settings, changed with SQL `SET salient.<name> = <value>`.
+///
+/// Written out instead of with DataFusion's `extensions_options!`, whose `entries()` leave out
+/// the `salient.` prefix: Ballista ships a session's settings to the scheduler and executors as
+/// its `entries()`, and a key without its prefix is dropped there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SalientOptions {
+    /// What `cluster_embed` does with an undecodable image: 'error' (fail the query, naming
+    /// the row) or 'null' (return NULL for that row).
+    pub on_bad_image: String,
+    /// Resize images whose size differs from the model's instead of failing.
+    pub resize: bool,
+}
+
+impl Default for SalientOptions {
+    fn default() -> Self {
+        Self {
+            on_bad_image: "error".to_string(),
+            resize: false,
+        }
     }
 }
 
 impl ConfigExtension for SalientOptions {
     const PREFIX: &'static str = "salient";
+}
+
+impl ExtensionOptions for SalientOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> datafusion::common::Result<()> {
+        match key {
+            "on_bad_image" => self.on_bad_image = value.to_string(),
+            "resize" => {
+                self.resize = value.to_ascii_lowercase().parse().map_err(|_| {
+                    DataFusionError::Configuration(format!(
+                        "salient.resize is '{value}', expected true or false"
+                    ))
+                })?
+            }
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "salient has no setting `{key}`; its settings are salient.on_bad_image and salient.resize"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![
+            ConfigEntry {
+                key: format!("{}.on_bad_image", Self::PREFIX),
+                value: Some(self.on_bad_image.clone()),
+                description: "What cluster_embed does with an undecodable image: 'error' (fail the query, naming the row) or 'null' (return NULL for that row).",
+            },
+            ConfigEntry {
+                key: format!("{}.resize", Self::PREFIX),
+                value: Some(self.resize.to_string()),
+                description: "Resize images whose size differs from the model's instead of failing.",
+            },
+        ]
+    }
 }
 
 /// The models a session can call by name; the first one added is also `default`.
@@ -424,9 +484,14 @@ pub fn session_config() -> SessionConfig {
     SessionConfig::new().with_option_extension(SalientOptions::default())
 }
 
+/// The `cluster_embed` UDF serving `models`.
+pub fn cluster_embed_udf(models: Arc<ModelSet>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(ClusterEmbed::new(models))
+}
+
 /// Registers `cluster_embed` serving `models` on `ctx`.
 pub fn register(ctx: &SessionContext, models: Arc<ModelSet>) {
-    ctx.register_udf(ScalarUDF::new_from_impl(ClusterEmbed::new(models)));
+    ctx.register_udf(cluster_embed_udf(models));
 }
 
 /// A new session with salient's settings and `cluster_embed` registered.
@@ -588,6 +653,11 @@ pub async fn execute(
         rewrite_field_access(&mut statement);
         let mut copy_target = None;
         let statement = match statement {
+            Statement::CopyTo(_) if is_distributed(ctx) => {
+                return Err(crate::Error::Invalid(
+                    "COPY is not available with --scheduler: Ballista's executors would write the file on their own machines, where salient cannot make it atomic; SELECT the rows (--format json or csv), or run `salient embed` for Parquet output".into(),
+                ));
+            }
             Statement::CopyTo(mut copy) => {
                 copy_target = Some(prepare_copy(&mut copy, models)?);
                 Statement::CopyTo(copy)
@@ -609,6 +679,17 @@ pub async fn execute(
         };
     }
     Ok(last)
+}
+
+/// Whether `ctx` runs its queries on a Ballista cluster (its configuration has Ballista's
+/// settings).
+fn is_distributed(ctx: &SessionContext) -> bool {
+    ctx.state()
+        .config()
+        .options()
+        .entries()
+        .iter()
+        .any(|e| e.key.starts_with("ballista."))
 }
 
 /// DataFusion 55 plans `expr['field']` but refuses `expr.field` on a function result ("Dot
@@ -757,4 +838,43 @@ pub fn runtime() -> crate::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| crate::Error::Invalid(format!("starting the async runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A distributed engine rebuilds a session's settings on another process from its
+    /// `entries()`: salient's must come out with their prefix and set the same values there.
+    #[test]
+    fn settings_survive_a_round_trip_through_their_entries() {
+        let mut sent = session_config();
+        sent.options_mut()
+            .set("salient.on_bad_image", "null")
+            .unwrap();
+        sent.options_mut().set("salient.resize", "TRUE").unwrap();
+        let mut received = session_config();
+        for entry in sent.options().entries() {
+            if let Some(value) = entry.value {
+                received.options_mut().set(&entry.key, &value).unwrap();
+            }
+        }
+        let options = received
+            .options()
+            .extensions
+            .get::<SalientOptions>()
+            .unwrap();
+        assert_eq!(options.on_bad_image, "null");
+        assert!(options.resize);
+        let unknown = received.options_mut().set("salient.colour", "red");
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("salient.on_bad_image"));
+        let bad = received.options_mut().set("salient.resize", "sometimes");
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("expected true or false"));
+    }
 }

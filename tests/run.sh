@@ -9,4 +9,5 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 bash data/scripts/fetch-fashion-mnist.sh
 
-cargo test --locked "$@"
+# `ballista`: the scale-out test (tests/ballista.rs) starts a scheduler and two executors.
+cargo test --locked --features ballista "$@"
