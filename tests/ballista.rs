@@ -254,3 +254,25 @@ fn setup_model_only() -> (tempfile::TempDir, PathBuf) {
     let (model, _) = tiny_model(dir.path(), Architecture::SmallCnn, false, 64);
     (dir, model)
 }
+
+#[test]
+fn cluster_processes_refuse_bad_arguments_by_name() {
+    let missing = "/nonexistent/salient-model";
+    for role in ["scheduler", "executor"] {
+        let out = salient_within(&[role, "--model", missing], Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(1), "{role}: {}", stderr(&out));
+        assert!(stderr(&out).contains(missing), "{role}: {}", stderr(&out));
+    }
+    let (_dir, model) = setup_model_only();
+    let model = model.display().to_string();
+    let out = salient_within(
+        &["executor", "--model", &model, "--scheduler", "no-port-here"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--scheduler `no-port-here`: expected HOST:PORT"),
+        "{}",
+        stderr(&out)
+    );
+}
