@@ -15,8 +15,8 @@ use onnx_protobuf::{
 };
 
 use crate::error::{Error, Result};
-use crate::evaluate::TrainedModel;
 use crate::manifest::Manifest;
+use crate::model::TrainedModel;
 
 pub const ONNX_FILE: &str = "model.onnx";
 /// Opset 17: every operator used here has its axes as attributes except ReduceSum/Unsqueeze

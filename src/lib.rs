@@ -3,7 +3,7 @@
 //! The crate is organised one module per concept:
 //! * [`data`]: the input contract, streaming Parquet reading and image decoding;
 //! * [`datasets`]: the bundled datasets with characteristic backgrounds;
-//! * [`model`]: the candle encoders;
+//! * [`model`]: the candle encoders, and a trained model directory loaded with them (for export);
 //! * [`train`]: cIDFD training (augmentation, losses, memory banks, optimiser, the loop);
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
 //! * [`baselines`]: PCA and contrastive PCA;
