@@ -161,7 +161,8 @@ pub struct LocalCluster {
     /// Each executor's work directory (shuffle files land there).
     pub work_dirs: Vec<std::path::PathBuf>,
     children: Vec<std::process::Child>,
-    _dir: tempfile::TempDir,
+    /// Holds the processes' logs and the executors' work directories.
+    dir: tempfile::TempDir,
 }
 
 impl LocalCluster {
@@ -180,7 +181,7 @@ impl LocalCluster {
             url: String::new(),
             work_dirs: Vec::new(),
             children: Vec::new(),
-            _dir: dir,
+            dir,
         };
         let scheduler_port = free_port()?;
         let mut scheduler = vec![
@@ -194,7 +195,7 @@ impl LocalCluster {
         cluster.spawn(binary, "scheduler", &scheduler)?;
         cluster.wait_for_port(scheduler_port)?;
         for i in 0..executors {
-            let work_dir = cluster._dir.path().join(format!("executor-{i}"));
+            let work_dir = cluster.dir.path().join(format!("executor-{i}"));
             std::fs::create_dir_all(&work_dir).map_err(|e| Error::io(&work_dir, e))?;
             let mut args = vec![
                 "executor".to_string(),
@@ -219,7 +220,7 @@ impl LocalCluster {
     }
 
     fn spawn(&mut self, binary: &std::path::Path, name: &str, args: &[String]) -> Result<()> {
-        let log = self._dir.path().join(format!("{name}.log"));
+        let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = file.try_clone().map_err(|e| Error::io(&log, e))?;
         let child = std::process::Command::new(binary)
@@ -234,16 +235,23 @@ impl LocalCluster {
     }
 
     fn wait_for_port(&mut self, port: u16) -> Result<()> {
+        self.wait_until(&format!("the scheduler to listen on port {port}"), |_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    /// Polls `ready` every 100 ms for up to 60 s; fails early, with the logs, if a process exits.
+    fn wait_until(&mut self, what: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if ready(self) {
                 return Ok(());
             }
             self.check_running()?;
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Err(Error::Invalid(format!(
-            "the scheduler did not listen on port {port} within 60 s:\n{}",
+            "timed out after 60 s waiting for {what}:\n{}",
             self.logs()
         )))
     }
@@ -266,43 +274,29 @@ impl LocalCluster {
     /// Waits until every executor polls the scheduler for work, so that a query submitted next
     /// can run on all of them.
     fn wait_for_executors(&mut self) -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            let ready = (0..self.work_dirs.len()).all(|i| {
-                let log = self._dir.path().join(format!("executor-{i}.log"));
-                std::fs::read_to_string(log)
-                    .unwrap_or_default()
-                    .contains("Starting poll work loop")
-            });
-            if ready {
-                return Ok(());
-            }
-            self.check_running()?;
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        Err(Error::Invalid(format!(
-            "the executors did not reach the scheduler within 60 s:\n{}",
-            self.logs()
-        )))
+        self.wait_until("the executors to reach the scheduler", |cluster| {
+            (0..cluster.work_dirs.len())
+                .all(|i| cluster.executor_log(i).contains("Starting poll work loop"))
+        })
+    }
+
+    /// Executor `i`'s log so far (empty if unreadable).
+    fn executor_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("executor-{i}.log")))
+            .unwrap_or_default()
     }
 
     /// How many tasks each executor has received so far (from its log).
     pub fn tasks_received(&self) -> Vec<usize> {
         (0..self.work_dirs.len())
-            .map(|i| {
-                let log = self._dir.path().join(format!("executor-{i}.log"));
-                std::fs::read_to_string(log)
-                    .unwrap_or_default()
-                    .matches("Received task")
-                    .count()
-            })
+            .map(|i| self.executor_log(i).matches("Received task").count())
             .collect()
     }
 
     /// Every process's log, for error messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self._dir.path()) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
             let mut logs: Vec<_> = entries
                 .flatten()
                 .map(|e| e.path())
