@@ -126,6 +126,8 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
             .collect::<Vec<f32>>()
     };
     let x = to_floats(&target);
+    // cPCA and whitening share the reference pixels: convert them once.
+    let b = reference.as_ref().map(to_floats);
     let mut runs: Vec<(String, Vec<ClusterScores>)> = Vec::new();
     let restarts = job.train.kmeans_restarts;
     let k = job.clusters;
@@ -137,25 +139,20 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         None
     };
     let cpca_embeddings: Vec<(f64, Vec<f32>)> =
-        match (&reference, job.methods.contains(&CompareMethod::Cpca)) {
-            (Some(reference), true) => {
-                let b = to_floats(reference);
-                job.cpca_alphas
-                    .iter()
-                    .map(|&alpha| Ok((alpha, cpca(&x, &b, d, job.components, alpha)?.embedding)))
-                    .collect::<Result<_>>()?
-            }
+        match (&b, job.methods.contains(&CompareMethod::Cpca)) {
+            (Some(b), true) => job
+                .cpca_alphas
+                .iter()
+                .map(|&alpha| Ok((alpha, cpca(&x, b, d, job.components, alpha)?.embedding)))
+                .collect::<Result<_>>()?,
             _ => Vec::new(),
         };
-    let whitened = match (&reference, job.methods.contains(&CompareMethod::Whiten)) {
-        (Some(reference), true) => Some(reference_whitening(
-            &x,
-            &to_floats(reference),
-            d,
-            WHITENING_SHRINKAGE,
-        )?),
+    let whitened = match (&b, job.methods.contains(&CompareMethod::Whiten)) {
+        (Some(b), true) => Some(reference_whitening(&x, b, d, WHITENING_SHRINKAGE)?),
         _ => None,
     };
+    // The projections are done: free the reference pixels before IDFD / cIDFD train.
+    drop((b, reference));
 
     for seed in 0..job.seeds as u64 {
         for method in &job.methods {
