@@ -1,4 +1,5 @@
 import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+sys.path.insert(0, 'research/prototypes'); import views
 exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
@@ -27,18 +28,13 @@ A0,M0=evaluate() if False else (0,0)
 opt=torch.optim.SGD(net.parameters(),lr=0.03,momentum=0.9,weight_decay=5e-4)
 a=1/np.sqrt(128/3); bank=F.normalize(torch.empty(N,128).uniform_(-a,a),dim=1)
 def crop(x):
-    b=x.shape[0]; s=torch.empty(b).uniform_(0.5,1).sqrt(); r=torch.exp(torch.empty(b).uniform_(np.log(3/4),np.log(4/3)))
-    sx=(s*r.sqrt()).clamp(max=1); sy=(s/r.sqrt()).clamp(max=1)
-    tx=(torch.rand(b)*2-1)*(1-sx); ty=(torch.rand(b)*2-1)*(1-sy)
-    th=torch.zeros(b,2,3); th[:,0,0]=sx; th[:,1,1]=sy; th[:,0,2]=tx; th[:,1,2]=ty
-    g=F.affine_grid(th,x.shape,align_corners=False); o=F.grid_sample(x,g,align_corners=False)
+    o=views.crop(x)
     if blur>0:
         k=torch.exp(-torch.arange(-3,4,dtype=torch.float32)**2/(2*blur**2)); k=k/k.sum()
         o=F.conv2d(o,k.view(1,1,1,7),padding=(0,3)); o=F.conv2d(o,k.view(1,1,7,1),padding=(3,0))
     if noise>0: o=o+noise*torch.randn_like(o)
     return o
-def fd(f):
-    fn=F.normalize(f,dim=0); c=fn.T@fn/2.0; return F.cross_entropy(c,torch.arange(c.shape[0]))
+fd=views.fd
 def evaluate():
     net.eval()
     with torch.no_grad(): E=torch.cat([F.normalize(net(Xt[i:i+1000]),dim=1) for i in range(0,N,1000)]).numpy()

@@ -1,6 +1,7 @@
 # IDFD (bank ID + FD) on raw target images, then reference whitening of the learned features
 # (feature-space contrast) before k-means: do learned invariances + whitening beat pixel whitening?
 import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+sys.path.insert(0, 'research/prototypes')
 exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
@@ -16,14 +17,7 @@ head=nn.Linear(8*w,128)
 params=list(trunk.parameters())+list(head.parameters())
 opt=torch.optim.SGD(params,lr=0.03,momentum=0.9,weight_decay=5e-4)
 a=1/np.sqrt(128/3); bank=F.normalize(torch.empty(N,128).uniform_(-a,a),dim=1)
-def crop(x):
-    b=x.shape[0]; s=torch.empty(b).uniform_(0.5,1).sqrt(); r=torch.exp(torch.empty(b).uniform_(np.log(3/4),np.log(4/3)))
-    sx=(s*r.sqrt()).clamp(max=1); sy=(s/r.sqrt()).clamp(max=1)
-    tx=(torch.rand(b)*2-1)*(1-sx); ty=(torch.rand(b)*2-1)*(1-sy)
-    th=torch.zeros(b,2,3); th[:,0,0]=sx; th[:,1,1]=sy; th[:,0,2]=tx; th[:,1,2]=ty
-    return F.grid_sample(x,F.affine_grid(th,x.shape,align_corners=False),align_corners=False)
-def fd(f):
-    fn=F.normalize(f,dim=0); c=fn.T@fn/2.0; return F.cross_entropy(c,torch.arange(c.shape[0]))
+from views import crop, fd
 def embed(A):
     trunk.eval(); head.eval()
     with torch.no_grad(): T=torch.cat([trunk(A[i:i+1000]) for i in range(0,len(A),1000)]); H=head(T)
