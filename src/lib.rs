@@ -3,6 +3,7 @@
 //! The crate is organised one module per concept:
 //! * [`data`]: the input contract, streaming Parquet reading and image decoding;
 //! * [`datasets`]: the bundled datasets with characteristic backgrounds;
+//! * [`device`]: `cpu` or `cuda:N`, where training runs;
 //! * [`model`]: the candle encoders, and a trained model directory loaded with them (for export);
 //! * [`train`]: cIDFD training (augmentation, losses, memory banks, optimiser, the loop);
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod compare;
 pub mod data;
 pub mod datasets;
+pub mod device;
 #[cfg(feature = "ballista")]
 pub mod distributed;
 pub mod error;

@@ -4,8 +4,57 @@
 use candle_core::{Module, Result, Tensor, Var, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use crate::nhwc::{batch_norm_rows_train, conv2d_nhwc_rows, ConvGeometry};
+use crate::nhwc::{
+    batch_norm_rows_train, conv2d_nhwc_rows, conv2d_nhwc_rows_portable, ConvGeometry,
+};
 use serde::{Deserialize, Serialize};
+
+/// Which kernels run an encoder's convolutions and training-mode batch norms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernels {
+    /// The device's best: `fused` on the CPU and on CUDA (with the `cuda` feature), `portable`
+    /// elsewhere.
+    #[default]
+    Auto,
+    /// The channels-last kernels of `nhwc`: im2col + one matrix product per convolution, with
+    /// fused batch norm on the CPU. On CUDA (with the `cuda` feature) im2col and col2im run as
+    /// salient's own kernels and batch norm as candle ops.
+    Fused,
+    /// Compositions of candle ops around one matrix product per convolution: any device.
+    Portable,
+    /// candle's own conv2d (cuDNN where the `cudnn` feature is on) and portable batch norm.
+    Candle,
+}
+
+thread_local! {
+    static KERNELS: std::cell::Cell<Kernels> = const { std::cell::Cell::new(Kernels::Auto) };
+}
+
+/// Runs `f` with the encoders of this thread using `kernels` (benchmarks and tests compare
+/// them; training leaves the default, `auto`).
+pub fn with_kernels<R>(kernels: Kernels, f: impl FnOnce() -> R) -> R {
+    struct Restore(Kernels);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KERNELS.set(self.0);
+        }
+    }
+    let _restore = Restore(KERNELS.replace(kernels));
+    f()
+}
+
+/// The kernels that run on `device` (`auto` resolved).
+fn kernels_for(device: &candle_core::Device) -> Result<Kernels> {
+    match (KERNELS.get(), device.is_cpu()) {
+        (Kernels::Auto, true) => Ok(Kernels::Fused),
+        (Kernels::Auto, false) if cfg!(feature = "cuda") && device.is_cuda() => Ok(Kernels::Fused),
+        (Kernels::Auto, false) => Ok(Kernels::Portable),
+        (Kernels::Fused, false) if !cfg!(feature = "cuda") => {
+            candle_core::bail!("the fused kernels run on the CPU, or on CUDA with the cuda feature")
+        }
+        (k, _) => Ok(k),
+    }
+}
 
 /// Which encoder architecture to build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,7 +136,7 @@ impl RowBatchNorm {
 
     fn forward_rows(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c) = x.dims2()?;
-        if train && x.device().is_cpu() {
+        if train && x.device().is_cpu() && kernels_for(x.device())? == Kernels::Fused {
             // Fused kernel: one sweep per pass instead of candle's broadcast reductions.
             let (y, mean, var) = batch_norm_rows_train(x, &self.weight, &self.bias, self.eps)?;
             let device = x.device();
@@ -147,17 +196,21 @@ impl Conv {
     }
 
     fn rows(&self, x: &Tensor) -> Result<(Tensor, (usize, usize, usize))> {
-        if x.device().is_cpu() {
-            return conv2d_nhwc_rows(x, &self.weight, self.geometry);
+        match kernels_for(x.device())? {
+            Kernels::Fused => conv2d_nhwc_rows(x, &self.weight, self.geometry),
+            Kernels::Candle => {
+                let g = self.geometry;
+                let y = x
+                    .permute((0, 3, 1, 2))?
+                    .conv2d(&self.weight, g.padding, g.stride, 1, 1)?;
+                let (b, c, oh, ow) = y.dims4()?;
+                let rows = y.permute((0, 2, 3, 1))?.reshape((b * oh * ow, c))?;
+                Ok((rows, (b, oh, ow)))
+            }
+            Kernels::Auto | Kernels::Portable => {
+                conv2d_nhwc_rows_portable(x, &self.weight, self.geometry)
+            }
         }
-        // Other devices: candle's own convolution (cuDNN where enabled) in NCHW.
-        let g = self.geometry;
-        let y = x
-            .permute((0, 3, 1, 2))?
-            .conv2d(&self.weight, g.padding, g.stride, 1, 1)?;
-        let (b, c, oh, ow) = y.dims4()?;
-        let rows = y.permute((0, 2, 3, 1))?.reshape((b * oh * ow, c))?;
-        Ok((rows, (b, oh, ow)))
     }
 }
 
@@ -562,5 +615,99 @@ impl TrainedModel {
             self.manifest.d,
             &self.centroids,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// max |a − b| over max |b|, where scales under 1e-2 count as 1e-2 (a gradient that is
+    /// zero in exact arithmetic, such as a bias under batch norm, is rounding noise in both).
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / scale.max(1e-2)
+    }
+
+    /// The kernels the GPU runs (portable, candle) compute the same training-mode forward pass
+    /// and the same gradients as the fused CPU kernels, for both architectures. Checked here on
+    /// the CPU, where all three run.
+    #[test]
+    fn all_kernels_agree_forward_and_backward() {
+        use rand::{Rng, SeedableRng};
+        for (architecture, head_norm) in [
+            (Architecture::SmallCnn, false),
+            (Architecture::Resnet18, true),
+        ] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let config = EncoderConfig {
+                architecture,
+                in_channels: 1,
+                dim: 16,
+                width: 4,
+                head_norm,
+            };
+            let encoder = Encoder::new(config, vb).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let pixels: Vec<f32> = (0..6 * 28 * 28)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let x = Tensor::from_vec(pixels, (6, 1, 28, 28), &Device::Cpu).unwrap();
+            let up = Tensor::from_vec(
+                (0..6 * 16)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect(),
+                (6, 16),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let run = |kernels| {
+                with_kernels(kernels, || {
+                    let y = encoder.features(&x, true).unwrap();
+                    let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                    let vars = varmap.data().lock().unwrap();
+                    let mut named: Vec<(String, Tensor)> = vars
+                        .iter()
+                        .filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.clone())))
+                        .collect();
+                    named.sort_by(|a, b| a.0.cmp(&b.0));
+                    (y, named)
+                })
+            };
+            let (y_fused, g_fused) = run(Kernels::Fused);
+            assert!(g_fused.len() > 10, "{architecture:?}: too few gradients");
+            for kernels in [Kernels::Portable, Kernels::Candle] {
+                let (y, g) = run(kernels);
+                let d = max_rel_diff(&y, &y_fused);
+                assert!(d < 1e-4, "{architecture:?} {kernels:?} forward: {d}");
+                assert_eq!(g.len(), g_fused.len(), "{architecture:?} {kernels:?}");
+                for ((name, a), (_, b)) in g.iter().zip(&g_fused) {
+                    let d = max_rel_diff(a, b);
+                    assert!(
+                        d < 1e-3,
+                        "{architecture:?} {kernels:?} gradient of {name}: {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_choice_is_scoped_to_the_closure() {
+        assert_eq!(kernels_for(&Device::Cpu).unwrap(), Kernels::Fused);
+        with_kernels(Kernels::Portable, || {
+            assert_eq!(kernels_for(&Device::Cpu).unwrap(), Kernels::Portable)
+        });
+        assert_eq!(kernels_for(&Device::Cpu).unwrap(), Kernels::Fused);
     }
 }

@@ -64,6 +64,44 @@ fn usage_errors_exit_2_and_input_errors_exit_1_without_panicking() {
     assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
 }
 
+/// An unknown device, or CUDA in a build without it, is refused before any file is read, with
+/// the accepted spellings or the way to get CUDA, and exit status 1.
+#[test]
+fn unusable_devices_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.parquet");
+    let model = dir.path().join("model");
+    let with_device = |device: &str| {
+        salient(&[
+            "train",
+            "--target",
+            missing.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--device",
+            device,
+        ])
+    };
+    let out = with_device("gpu");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown device `gpu`") && err.contains("`cuda:N`"),
+        "{err}"
+    );
+    assert!(!err.contains("missing.parquet"), "read input first: {err}");
+    if !cfg!(feature = "cuda") {
+        let out = with_device("cuda:0");
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("built without CUDA") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+    assert!(!model.exists());
+}
+
 #[test]
 fn a_missing_source_is_explained_and_nothing_is_written() {
     let empty = tempfile::tempdir().unwrap();

@@ -9,5 +9,10 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 bash data/scripts/fetch-fashion-mnist.sh
 
+# The CUDA kernels' index arithmetic, on the host (the GPU itself is checked by
+# benches/gpu_train.sh on a GPU machine).
+c++ -O1 -x c++ tests/cuda/nhwc_host.cpp -o "${TMPDIR:-/tmp}/salient-nhwc-host"
+"${TMPDIR:-/tmp}/salient-nhwc-host"
+
 # `ballista`: the scale-out test (tests/ballista.rs) starts a scheduler and two executors.
 cargo test --locked --features ballista "$@"

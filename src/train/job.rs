@@ -104,6 +104,11 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         )));
     }
     let norm = Normalization::fit(&target.pixels, shape);
+    tracing::info!(
+        device = %crate::device::name(&job.device),
+        architecture = ?config.architecture,
+        "building the encoders"
+    );
     let mut trainer = Trainer::new(
         config.clone(),
         shape,
