@@ -162,6 +162,10 @@ enum Command {
         /// Rerun every step.
         #[arg(long)]
         force: bool,
+        /// Where the train step runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda`
+        /// feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// The README's main job on the bundled data; prints where everything went.
     Quickstart {
@@ -578,9 +582,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { pipeline, force } => {
+        Command::Run {
+            pipeline,
+            force,
+            device,
+        } => {
+            let device = salient::device::open(&device)?;
             let spec = salient::pipeline::Pipeline::from_file(&pipeline)?;
-            let report = salient::pipeline::run(&spec, force)
+            let report = salient::pipeline::run(&spec, force, &device)
                 .with_context(|| format!("pipeline {} failed", pipeline.display()))?;
             for (step, outcome) in &report.steps {
                 println!("{step:<9} {outcome:?}");

@@ -147,7 +147,9 @@ fn save_state(path: &Path, state: &State) -> Result<()> {
 }
 
 /// Runs the pipeline; `force` reruns every step.
-pub fn run(pipeline: &Pipeline, force: bool) -> Result<RunReport> {
+/// Runs the pipeline's steps, training on `device`. The device is not part of a step's key: a
+/// model trained on one device is not retrained because the next run names another.
+pub fn run(pipeline: &Pipeline, force: bool, device: &candle_core::Device) -> Result<RunReport> {
     let out = &pipeline.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let state_path = out.join(STATE_FILE);
@@ -236,7 +238,7 @@ pub fn run(pipeline: &Pipeline, force: bool) -> Result<RunReport> {
             config: pipeline.train.clone(),
             resume,
             size: SizePolicy::Exact,
-            device: candle_core::Device::Cpu,
+            device: device.clone(),
         })?;
         record(&mut state, "train", &train_key, StepOutcome::Ran)?;
     }

@@ -90,6 +90,13 @@ fn unusable_devices_are_refused_with_what_to_do() {
         "{err}"
     );
     assert!(!err.contains("missing.parquet"), "read input first: {err}");
+    let out = salient(&["run", missing.to_str().unwrap(), "--device", "gpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown device `gpu`"),
+        "{}",
+        stderr(&out)
+    );
     if !cfg!(feature = "cuda") {
         let out = with_device("cuda:0");
         assert_eq!(out.status.code(), Some(1));

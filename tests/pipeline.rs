@@ -1,6 +1,7 @@
 //! `salient run`: steps run once, reruns skip what did not change, a changed setting reruns
 //! only the steps after it, and a broken pipeline file is refused by name.
 
+use candle_core::Device;
 use salient::pipeline::{run, Pipeline, StepOutcome, STATE_FILE};
 
 fn pipeline(out: &std::path::Path, epochs: usize) -> Pipeline {
@@ -40,7 +41,7 @@ fn outcomes(report: &salient::pipeline::RunReport) -> Vec<(&str, StepOutcome)> {
 fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("job");
-    let first = run(&pipeline(&out, 1), false).unwrap();
+    let first = run(&pipeline(&out, 1), false, &Device::Cpu).unwrap();
     use StepOutcome::*;
     assert_eq!(
         outcomes(&first),
@@ -57,7 +58,7 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     assert!(out.join(STATE_FILE).is_file() && out.join("metrics.json").is_file());
     assert!(out.join("embedded.parquet").is_file());
 
-    let again = run(&pipeline(&out, 1), false).unwrap();
+    let again = run(&pipeline(&out, 1), false, &Device::Cpu).unwrap();
     assert_eq!(
         outcomes(&again),
         vec![
@@ -70,7 +71,7 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     );
     assert_eq!(again.metrics.unwrap().acc, first.metrics.unwrap().acc);
 
-    let changed = run(&pipeline(&out, 2), false).unwrap();
+    let changed = run(&pipeline(&out, 2), false, &Device::Cpu).unwrap();
     assert_eq!(
         outcomes(&changed),
         vec![
@@ -86,7 +87,7 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     // the same bytes (same id), so the embedding that depends on it is still valid.
     std::fs::remove_file(out.join("metrics.json")).unwrap();
     std::fs::remove_file(out.join("model/model.onnx")).unwrap();
-    let rebuilt = run(&pipeline(&out, 2), false).unwrap();
+    let rebuilt = run(&pipeline(&out, 2), false, &Device::Cpu).unwrap();
     assert_eq!(
         outcomes(&rebuilt),
         vec![
@@ -152,7 +153,7 @@ fn a_rerun_after_a_failed_step_resumes_at_that_step() {
     )
     .unwrap();
     let pipeline = Pipeline::from_file(&file).unwrap();
-    let err = run(&pipeline, false).unwrap_err().to_string();
+    let err = run(&pipeline, false, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("blocker"), "{err}");
     let trained = std::fs::metadata(out.join("model/manifest.json"))
         .unwrap()
@@ -162,7 +163,7 @@ fn a_rerun_after_a_failed_step_resumes_at_that_step() {
     // The cause removed, the rerun starts at the step that failed.
     std::fs::remove_file(&blocker).unwrap();
     std::fs::create_dir(&blocker).unwrap();
-    let report = run(&pipeline, false).unwrap();
+    let report = run(&pipeline, false, &Device::Cpu).unwrap();
     use StepOutcome::*;
     assert_eq!(
         outcomes(&report),
