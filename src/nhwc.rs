@@ -255,13 +255,41 @@ pub fn conv2d_nhwc_rows(
     weight: &Tensor,
     geometry: ConvGeometry,
 ) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, |x, geometry, _| {
+        x.contiguous()?.apply_op1(Im2Col { geometry })
+    })
+}
+
+/// The same convolution as [`conv2d_nhwc_rows`], with im2col composed of candle ops only (zero
+/// padding, strided views and one concatenation), so it runs and differentiates on any device
+/// that has no kernels of its own here, and is a second implementation to check the others
+/// against. It keeps about twice the im2col matrix per convolution alive for the backward pass
+/// (candle keeps every intermediate), and on an H200 it trained ResNet-18 at 0.4× the speed of
+/// the CUDA im2col kernels (README, "Training on a GPU").
+pub fn conv2d_nhwc_rows_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, im2col_by_views)
+}
+
+/// What both convolutions share: shape checks, the weight as a (K·K·C_in, C_out) matrix, the
+/// 1×1 shortcut, and the one matrix product; `im2col` builds the (B, OH, OW, K·K·C_in) columns.
+fn conv_rows(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+    im2col: impl FnOnce(&Tensor, ConvGeometry, (usize, usize)) -> Result<Tensor>,
+) -> Result<(Tensor, (usize, usize, usize))> {
     let (b, h, w, cin) = x.dims4()?;
     let (cout, wcin, kh, kw) = weight.dims4()?;
-    if wcin != cin || kh != geometry.kernel || kw != geometry.kernel {
+    if wcin != cin || kh != geometry.kernel || kw != geometry.kernel || geometry.stride == 0 {
         candle_core::bail!(
-            "conv weight {:?} does not fit input with {cin} channels and kernel {}",
+            "conv weight {:?} does not fit input with {cin} channels and kernel {} (stride {})",
             weight.dims(),
-            geometry.kernel
+            geometry.kernel,
+            geometry.stride
         );
     }
     let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
@@ -271,43 +299,19 @@ pub fn conv2d_nhwc_rows(
     let cols = if geometry.kernel == 1 && geometry.stride == 1 && geometry.padding == 0 {
         x.reshape((b * h * w, cin))?
     } else {
-        x.contiguous()?
-            .apply_op1(Im2Col { geometry })?
-            .reshape((b * oh * ow, k))?
+        im2col(x, geometry, (oh, ow))?.reshape((b * oh * ow, k))?
     };
     Ok((cols.matmul(&wt.contiguous()?)?, (b, oh, ow)))
 }
 
-/// The same convolution as [`conv2d_nhwc_rows`], composed of candle ops only (zero padding,
-/// strided views, one concatenation and one matrix product), so it runs and differentiates on
-/// any device that has no kernels of its own here, and a second implementation to check the
-/// others against. It keeps about twice the im2col matrix per convolution alive for the
-/// backward pass (candle keeps every intermediate), and on an H200 it trained ResNet-18 at
-/// 0.4× the speed of the CUDA im2col kernels (README, "Training on a GPU").
-pub fn conv2d_nhwc_rows_portable(
-    x: &Tensor,
-    weight: &Tensor,
-    geometry: ConvGeometry,
-) -> Result<(Tensor, (usize, usize, usize))> {
+/// im2col of `x` (B, H, W, C) as candle views: (B, OH, OW, K·K·C), rows ordered (ky, kx, c).
+fn im2col_by_views(x: &Tensor, geometry: ConvGeometry, (oh, ow): (usize, usize)) -> Result<Tensor> {
     let (b, h, w, cin) = x.dims4()?;
-    let (cout, wcin, kh, kw) = weight.dims4()?;
     let ConvGeometry {
         kernel,
         stride,
         padding,
     } = geometry;
-    if wcin != cin || kh != kernel || kw != kernel || stride == 0 {
-        candle_core::bail!(
-            "conv weight {:?} does not fit input with {cin} channels and kernel {kernel}",
-            weight.dims(),
-        );
-    }
-    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
-    let k = kernel * kernel * cin;
-    let wt = weight.permute((0, 2, 3, 1))?.reshape((cout, k))?.t()?;
-    if kernel == 1 && stride == 1 && padding == 0 {
-        return Ok((x.reshape((b * h * w, cin))?.matmul(&wt)?, (b, oh, ow)));
-    }
     // Pad so that every tap's window (offset < kernel, then `oh` steps of `stride`) fits and
     // the padded extent divides by the stride: then (Hp, Wp) reshapes to (Hp/s, s, Wp/s, s)
     // and tap (ky, kx) is the plain view [ky/s .. ky/s+oh, ky%s, kx/s .. kx/s+ow, kx%s].
@@ -333,8 +337,7 @@ pub fn conv2d_nhwc_rows_portable(
             );
         }
     }
-    let cols = Tensor::cat(&taps, 3)?.reshape((b * oh * ow, k))?;
-    Ok((cols.matmul(&wt)?, (b, oh, ow)))
+    Tensor::cat(&taps, 3)
 }
 
 /// Per-channel batch statistics of the last forward pass, for the running averages.
