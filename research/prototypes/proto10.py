@@ -4,66 +4,9 @@
 # epoch. Data: research/prototypes/oracle_data.py. Runs on CUDA when present.
 # usage: python3 research/prototypes/proto10.py --data OUT.npz [--n2n-epochs 30 --shift 2 ...]
 import argparse, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-try:
-    from scipy.optimize import linear_sum_assignment
-except ImportError:
-    linear_sum_assignment=None
-def hungarian_max(M):
-    # maximise sum M[i, p(i)] for a square matrix (Jonker-Volgenant style O(n^3) shortest augmenting path)
-    n=M.shape[0]; C=-M; INF=1e18
-    u=[0.0]*(n+1); v=[0.0]*(n+1); p=[0]*(n+1); way=[0]*(n+1)
-    for i in range(1,n+1):
-        p[0]=i; j0=0; minv=[INF]*(n+1); used=[False]*(n+1)
-        while True:
-            used[j0]=True; i0=p[j0]; delta=INF; j1=0
-            for j in range(1,n+1):
-                if not used[j]:
-                    cur=C[i0-1][j-1]-u[i0]-v[j]
-                    if cur<minv[j]: minv[j]=cur; way[j]=j0
-                    if minv[j]<delta: delta=minv[j]; j1=j
-            for j in range(n+1):
-                if used[j]: u[p[j]]+=delta; v[j]-=delta
-                else: minv[j]-=delta
-            j0=j1
-            if p[j0]==0: break
-        while True:
-            j1=way[j0]; p[j0]=p[j1]; j0=j1
-            if j0==0: break
-    r=np.zeros(n,dtype=int)
-    for j in range(1,n+1): r[p[j]-1]=j-1
-    return np.arange(n),r
-def contingency(y,c):
-    k=max(y.max(),c.max())+1; M=np.zeros((k,k)); np.add.at(M,(c,y),1); return M
-def nmi(y,c):
-    M=contingency(y,c)/len(y); pa=M.sum(1); pb=M.sum(0); nz=M>0
-    I=(M[nz]*np.log(M[nz]/np.outer(pa,pb)[nz])).sum(); H=lambda q:-(q[q>0]*np.log(q[q>0])).sum()
-    return I/((H(pa)+H(pb))/2)
-def ari(y,c):
-    M=contingency(y,c); n=len(y); cm=lambda x:x*(x-1)/2
-    s=cm(M).sum(); a_=cm(M.sum(1)).sum(); b_=cm(M.sum(0)).sum(); e=a_*b_/cm(n)
-    return (s-e)/((a_+b_)/2-e)
-class KMeans:
-    # k-means++ with restarts in torch (fallback when scikit-learn is absent)
-    def __init__(s,k,n_init=5,random_state=0): s.k=k; s.n=n_init; s.seed=random_state
-    def fit_predict(s,Z):
-        Z=torch.tensor(np.asarray(Z),dtype=torch.float64,device=DEV); g=torch.Generator(device='cpu').manual_seed(s.seed); best=None
-        for _ in range(s.n):
-            C=Z[torch.randint(len(Z),(1,),generator=g)]
-            for _ in range(s.k-1):
-                d=torch.cdist(Z,C).min(1).values**2
-                C=torch.cat([C,Z[torch.multinomial((d/d.sum()).cpu(),1,generator=g).to(DEV)]])
-            for _ in range(100):
-                a_=torch.cdist(Z,C).argmin(1)
-                Cn=torch.stack([Z[a_==j].mean(0) if (a_==j).any() else C[j] for j in range(s.k)])
-                if torch.allclose(Cn,C): break
-                C=Cn
-            inert=(torch.cdist(Z,C).min(1).values**2).sum().item()
-            if best is None or inert<best[0]: best=(inert,a_.cpu().numpy())
-        return best[1]
-try:
-    from sklearn.cluster import KMeans
-except ImportError:
-    print('no scikit-learn: torch k-means',flush=True)
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score as ari, normalized_mutual_info_score as nmi
 p=argparse.ArgumentParser()
 p.add_argument('--data',default='/tmp/mnist_grass.npz'); p.add_argument('--n2n-epochs',type=int,default=40)
 p.add_argument('--n2n-width',type=int,default=32); p.add_argument('--k',type=int,default=8)
@@ -91,7 +34,8 @@ def oracle(C,idx=None):
     c=C-C.mean(0,keepdim=True); t=T-T.mean(0,keepdim=True)
     return float((c*t).sum()/(c.norm()*t.norm())), float(((c-t)**2).mean())
 def acc(y,c):
-    M=contingency(y,c); r,cc=(linear_sum_assignment(-M) if linear_sum_assignment else hungarian_max(M)); return M[r,cc].sum()/len(y)
+    k=max(y.max(),c.max())+1; M=np.zeros((k,k)); np.add.at(M,(c,y),1)
+    r,cc=linear_sum_assignment(-M); return M[r,cc].sum()/len(y)
 def km(Z,seed=0):
     c=KMeans(10,n_init=5,random_state=seed).fit_predict(Z); return acc(y,c),nmi(y,c),ari(y,c)
 class UNet(nn.Module):
