@@ -13,6 +13,8 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = std::env::args().nth(1).map_or(Ok(128), |s| s.parse())?;
     let width: usize = std::env::args().nth(2).map_or(Ok(32), |s| s.parse())?;
     let device = Device::Cpu;
+    // As `Trainer::train_epoch` does: keep the step's freed tensors mapped.
+    let _keep = salient::alloc::KeepFreedMemory::new();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let encoder = Encoder::new(

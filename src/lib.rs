@@ -14,9 +14,11 @@
 //! * [`sql`]: `cluster_embed()` in DataFusion and the sessions that serve it;
 //! * `distributed` (cargo feature `ballista`): the same on an Apache Ballista cluster;
 //! * [`manifest`]: the model directory;
+//! * [`alloc`]: the allocator (mimalloc) and its setting for training;
 //! * [`atomic`]: all-or-nothing file output;
 //! * [`error`]: the typed errors every module returns.
 
+pub mod alloc;
 pub mod atomic;
 pub mod baselines;
 pub mod cluster;
@@ -43,8 +45,3 @@ pub mod sql;
 pub mod train;
 
 pub use error::{Error, Result};
-
-/// mimalloc keeps freed pages for reuse; with glibc's malloc every large tensor buffer of a
-/// training step is a fresh mmap, and page faults took a fifth of a CPU training step.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -333,6 +333,8 @@ impl Trainer {
         reference: Option<&ImageSet>,
         mut on_step: impl FnMut(usize, usize, &StepStats),
     ) -> Result<EpochStats> {
+        // Every step frees and re-allocates the same tensors: keep them mapped (see `alloc`).
+        let _keep = crate::alloc::KeepFreedMemory::new();
         let cfg = self.config.clone();
         let b = cfg.batch_size.min(target.len());
         let steps = (target.len() / b).max(1);
