@@ -134,11 +134,13 @@ impl RowBatchNorm {
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (biased_var * (m * unbiased))?)?)
     }
 
-    fn forward_rows(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// Batch norm of (N, C) rows, then ReLU when `relu`.
+    fn forward_rows(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, c) = x.dims2()?;
         if train && x.device().is_cpu() && kernels_for(x.device())? == Kernels::Fused {
             // Fused kernel: one sweep per pass instead of candle's broadcast reductions.
-            let (y, mean, var) = batch_norm_rows_train(x, &self.weight, &self.bias, self.eps)?;
+            let (y, mean, var) =
+                batch_norm_rows_train(x, &self.weight, &self.bias, self.eps, relu)?;
             let device = x.device();
             self.update_running(
                 &Tensor::from_vec(mean, c, device)?,
@@ -165,9 +167,14 @@ impl RowBatchNorm {
             .weight
             .reshape((1, c))?
             .broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        centered
+        let y = centered
             .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape((1, c))?)
+            .broadcast_add(&self.bias.reshape((1, c))?)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -233,8 +240,7 @@ impl ConvBn {
         let (rows, (b, oh, ow)) = self.conv.rows(x)?;
         let c = rows.dim(1)?;
         self.bn
-            .forward_rows(&rows, train)?
-            .relu()?
+            .forward_rows(&rows, train, true)?
             .reshape((b, oh, ow, c))
     }
 }
@@ -273,13 +279,12 @@ impl BasicBlock {
         let c = rows.dim(1)?;
         let y = self
             .bn1
-            .forward_rows(&rows, train)?
-            .relu()?
+            .forward_rows(&rows, train, true)?
             .reshape((b, oh, ow, c))?;
         let (rows, _) = self.conv2.rows(&y)?;
-        let y = self.bn2.forward_rows(&rows, train)?;
+        let y = self.bn2.forward_rows(&rows, train, false)?;
         let s = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_rows(&conv.rows(x)?.0, train)?,
+            Some((conv, bn)) => bn.forward_rows(&conv.rows(x)?.0, train, false)?,
             None => x.reshape((b * oh * ow, c))?,
         };
         (y + s)?.relu()?.reshape((b, oh, ow, c))
@@ -375,7 +380,7 @@ impl Encoder {
         let pooled = h.reshape((b, hh * ww, c))?.mean(1)?;
         let out = self.head.forward(&pooled)?;
         match &self.head_norm {
-            Some(bn) => bn.forward_rows(&out, train),
+            Some(bn) => bn.forward_rows(&out, train, false),
             None => Ok(out),
         }
     }

@@ -98,22 +98,11 @@ impl CustomOp1 for Im2Col {
         let (b, h, w, c) = dims4(layout, self.name())?;
         let g = self.geometry;
         let (oh, ow) = (g.output_size(h), g.output_size(w));
-        let row = g.kernel * g.kernel * c;
-        let mut out = vec![0f32; b * oh * ow * row];
-        // One output image row (all ox of one (b, oy)) per task.
-        out.par_chunks_mut(ow * row)
-            .enumerate()
-            .for_each(|(task, dst)| {
-                let (bi, oy) = (task / oh, task % oh);
-                let image = &x[bi * h * w * c..(bi + 1) * h * w * c];
-                for ox in 0..ow {
-                    let cell = &mut dst[ox * row..(ox + 1) * row];
-                    g.for_each_tap(oy, ox, h, w, |src, at| {
-                        cell[at * c..(at + 1) * c].copy_from_slice(&image[src * c..(src + 1) * c]);
-                    });
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, row))))
+        let out = im2col_cpu(x, (b, h, w, c), g);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((b, oh, ow, g.kernel * g.kernel * c)),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -148,28 +137,10 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let cols = f32_contiguous(storage, layout, self.name())?;
         let (b, oh, ow, row) = dims4(layout, self.name())?;
-        let g = self.geometry;
         let (h, w) = (self.height, self.width);
-        let c = row / (g.kernel * g.kernel);
+        let c = row / (self.geometry.kernel * self.geometry.kernel);
         let mut out = vec![0f32; b * h * w * c];
-        // Images are independent: one task per image, no two tasks write the same pixel.
-        out.par_chunks_mut(h * w * c)
-            .enumerate()
-            .for_each(|(bi, image)| {
-                let src_image = &cols[bi * oh * ow * row..(bi + 1) * oh * ow * row];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let cell = &src_image[(oy * ow + ox) * row..(oy * ow + ox + 1) * row];
-                        g.for_each_tap(oy, ox, h, w, |dst, at| {
-                            let (d, s) = (
-                                &mut image[dst * c..(dst + 1) * c],
-                                &cell[at * c..(at + 1) * c],
-                            );
-                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                        });
-                    }
-                }
-            });
+        col2im_add_cpu(cols, (oh, ow), self.geometry, (h, w, c), &mut out);
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 
@@ -185,6 +156,286 @@ impl CustomOp1 for Col2Im {
         let c = row / (g.kernel * g.kernel);
         let out = Shape::from((b, h, w, c));
         gpu::launch("col2im_nhwc", storage, layout, out, [h, w, c, oh, ow], g)
+    }
+}
+
+/// im2col of a contiguous (B, H, W, C) batch: (B·OH·OW, K·K·C) rows ordered (ky, kx, c),
+/// zeros where the receptive field leaves the image.
+fn im2col_cpu(x: &[f32], (b, h, w, c): (usize, usize, usize, usize), g: ConvGeometry) -> Vec<f32> {
+    use std::mem::MaybeUninit;
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let row = g.kernel * g.kernel * c;
+    let len = b * oh * ow * row;
+    if len == 0 {
+        return Vec::new();
+    }
+    // Every element is written exactly once below (a copy or a padding zero), so the buffer
+    // starts uninitialised instead of being zero-filled first: the matrix is K·K times the
+    // size of the activations.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // One output image row (all ox of one (b, oy)) per task.
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(ow * row)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let (bi, oy) = (task / oh, task % oh);
+            let image = &x[bi * h * w * c..(bi + 1) * h * w * c];
+            for (ox, cell) in dst.chunks_exact_mut(row).enumerate() {
+                for (ky, taps) in cell.chunks_exact_mut(g.kernel * c).enumerate() {
+                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                    for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
+                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                        if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                            tap.fill(MaybeUninit::new(0.0));
+                        } else {
+                            let src = (iy as usize * w + ix as usize) * c;
+                            for (d, &v) in tap.iter_mut().zip(&image[src..src + c]) {
+                                d.write(v);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    // SAFETY: the chunks above cover all `len` elements (B·OH tasks of OW·row each) and
+    // every one of them was written.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The adjoint of [`im2col_cpu`]: adds each (B·OH·OW, K·K·C) row back onto the pixels of
+/// its receptive field in `out` (B, H, W, C).
+fn col2im_add_cpu(
+    cols: &[f32],
+    (oh, ow): (usize, usize),
+    g: ConvGeometry,
+    (h, w, c): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let row = g.kernel * g.kernel * c;
+    // Images are independent: one task per image, no two tasks write the same pixel.
+    out.par_chunks_mut(h * w * c)
+        .enumerate()
+        .for_each(|(bi, image)| {
+            let src_image = &cols[bi * oh * ow * row..(bi + 1) * oh * ow * row];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let cell = &src_image[(oy * ow + ox) * row..(oy * ow + ox + 1) * row];
+                    g.for_each_tap(oy, ox, h, w, |dst, at| {
+                        let (d, s) = (
+                            &mut image[dst * c..(dst + 1) * c],
+                            &cell[at * c..(at + 1) * c],
+                        );
+                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                    });
+                }
+            }
+        });
+}
+
+/// A row-major (m, n) matrix product `lhs · rhs` into `dst`, every element written (none read).
+/// `lhs` is (m, k) and `rhs` (k, n), each given as (row stride, column stride) into its slice,
+/// so transposed operands need no copy. gemm is the crate candle's own CPU matmul calls.
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) -> Result<()> {
+    // The last element each operand is read at must lie inside it: gemm takes raw pointers.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    if dst.len() != m * n
+        || (m * k > 0 && last(m, k, lhs_rs, lhs_cs) >= lhs.len())
+        || (k * n > 0 && last(k, n, rhs_rs, rhs_cs) >= rhs.len())
+    {
+        candle_core::bail!(
+            "matmul_into: ({m}×{k})·({k}×{n}) does not fit operands of {} and {} and a result of {}",
+            lhs.len(),
+            rhs.len(),
+            dst.len()
+        );
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds were checked above; dst is a distinct &mut slice of m·n elements,
+    // written row-major (row stride n, column stride 1) and not read (read_dst = false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+/// The whole CPU convolution as one autograd node: `x` (B, H, W, C_in) and `wt` (K·K·C_in, C_out)
+/// in, (B·OH·OW, C_out) rows out. Forward is im2col + one product; the backward computes
+/// dW = colsᵀ·dY and dX = col2im(dY·Wᵀ) straight into the returned gradients, so candle's
+/// autograd never holds the im2col matrix's gradient (a zero-filled buffer plus an add over
+/// it per convolution, and a zero-filled product output, when im2col and matmul were two nodes).
+#[derive(Debug)]
+struct ConvRowsCpu {
+    geometry: ConvGeometry,
+    /// The forward pass's im2col matrix, for the weight gradient (None for 1×1 stride-1
+    /// convolutions, whose im2col matrix is `x` itself).
+    cols: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl ConvRowsCpu {
+    fn is_pointwise(&self) -> bool {
+        let g = self.geometry;
+        g.kernel == 1 && g.stride == 1 && g.padding == 0
+    }
+}
+
+impl CustomOp2 for ConvRowsCpu {
+    fn name(&self) -> &'static str {
+        "conv-rows-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let (b, h, w, c) = dims4(l1, self.name())?;
+        let (k, cout) = l2.shape().dims2()?;
+        let g = self.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let m = b * oh * ow;
+        let mut out = vec![0f32; m * cout];
+        if self.is_pointwise() {
+            matmul_into(&mut out, (m, cout, k), x, (k, 1), wt, (cout, 1))?;
+        } else {
+            let cols = im2col_cpu(x, (b, h, w, c), g);
+            matmul_into(&mut out, (m, cout, k), &cols, (k, 1), wt, (cout, 1))?;
+            if let Ok(mut slot) = self.cols.lock() {
+                *slot = Some(Arc::new(cols));
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, cout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, h, w, c) = x.dims4()?;
+        let (k, cout) = wt.dims2()?;
+        let cols = if self.is_pointwise() {
+            None
+        } else {
+            let saved = self.cols.lock().ok().and_then(|s| s.clone());
+            Some(saved.ok_or_else(|| {
+                candle_core::Error::Msg("convolution backward without its forward pass".into())
+            })?)
+        };
+        // With 1×1 stride-1 convolutions the weight gradient reads x itself.
+        let lhs = match cols {
+            Some(_) => None,
+            None => Some(x.contiguous()?),
+        };
+        let packed = grad.contiguous()?.apply_op2_no_bwd(
+            &wt.contiguous()?,
+            &ConvRowsCpuBackward {
+                geometry: self.geometry,
+                input: (b, h, w, c),
+                cols,
+                lhs,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, b * h * w * c)?.reshape((b, h, w, c))?;
+        let dwt = packed
+            .narrow(0, b * h * w * c, k * cout)?
+            .reshape((k, cout))?;
+        Ok((Some(dx), Some(dwt)))
+    }
+}
+
+/// Backward of [`ConvRowsCpu`] over (dY, wt): one flat tensor, dX (B·H·W·C_in) then dW.
+struct ConvRowsCpuBackward {
+    geometry: ConvGeometry,
+    input: (usize, usize, usize, usize),
+    /// The forward im2col matrix, or, for 1×1 stride-1 convolutions, `x` in `lhs`.
+    cols: Option<Arc<Vec<f32>>>,
+    lhs: Option<Tensor>,
+}
+
+impl CustomOp2 for ConvRowsCpuBackward {
+    fn name(&self) -> &'static str {
+        "conv-rows-cpu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let (m, cout) = l1.shape().dims2()?;
+        let (k, _) = l2.shape().dims2()?;
+        let (b, h, w, c) = self.input;
+        let g = self.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let dx_len = b * h * w * c;
+        let mut out = vec![0f32; dx_len + k * cout];
+        let (dx, dwt) = out.split_at_mut(dx_len);
+        // dW = colsᵀ · dY: cols is (m, k) row-major, read transposed.
+        let lhs_storage;
+        let cols: &[f32] = match (&self.cols, &self.lhs) {
+            (Some(cols), _) => cols,
+            (None, Some(x)) => {
+                lhs_storage = x.flatten_all()?.to_vec1::<f32>()?;
+                &lhs_storage
+            }
+            (None, None) => candle_core::bail!("{}: no im2col matrix", self.name()),
+        };
+        matmul_into(dwt, (k, cout, m), cols, (1, k), dy, (cout, 1))?;
+        // dX = col2im(dY · Wᵀ): wt is (k, cout) row-major, read transposed.
+        if self.cols.is_none() {
+            matmul_into(dx, (m, k, cout), dy, (cout, 1), wt, (1, cout))?;
+        } else {
+            let mut dcols = vec![0f32; m * k];
+            matmul_into(&mut dcols, (m, k, cout), dy, (cout, 1), wt, (1, cout))?;
+            col2im_add_cpu(&dcols, (oh, ow), g, (h, w, c), dx);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dx_len + k * cout)))
     }
 }
 
@@ -250,13 +501,38 @@ mod gpu {
 /// Convolution of a channels-last batch `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
 /// returning (B·OH·OW, C_out) rows and the output's (B, OH, OW): callers apply per-channel
 /// operations (batch norm, ReLU) on the rows before reshaping to (B, OH, OW, C_out).
+/// On the CPU the convolution is one fused op ([`ConvRowsCpu`]); elsewhere it is the im2col
+/// kernel followed by candle's matmul.
 pub fn conv2d_nhwc_rows(
     x: &Tensor,
     weight: &Tensor,
     geometry: ConvGeometry,
 ) -> Result<(Tensor, (usize, usize, usize))> {
-    conv_rows(x, weight, geometry, |x, geometry, _| {
-        x.contiguous()?.apply_op1(Im2Col { geometry })
+    if x.device().is_cpu() {
+        conv_rows(x, weight, geometry, |x, wt, geometry| {
+            x.contiguous()?.apply_op2(
+                wt,
+                ConvRowsCpu {
+                    geometry,
+                    cols: Mutex::new(None),
+                },
+            )
+        })
+    } else {
+        conv2d_nhwc_rows_im2col_op(x, weight, geometry)
+    }
+}
+
+/// The im2col kernel ([`Im2Col`], CUDA or CPU) followed by candle's matmul: two autograd nodes.
+fn conv2d_nhwc_rows_im2col_op(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, |x, wt, geometry| {
+        im2col_matmul(x, wt, geometry, |x, geometry| {
+            x.contiguous()?.apply_op1(Im2Col { geometry })
+        })
     })
 }
 
@@ -271,16 +547,18 @@ pub fn conv2d_nhwc_rows_portable(
     weight: &Tensor,
     geometry: ConvGeometry,
 ) -> Result<(Tensor, (usize, usize, usize))> {
-    conv_rows(x, weight, geometry, im2col_by_views)
+    conv_rows(x, weight, geometry, |x, wt, geometry| {
+        im2col_matmul(x, wt, geometry, im2col_by_views)
+    })
 }
 
-/// What both convolutions share: shape checks, the weight as a (K·K·C_in, C_out) matrix, the
-/// 1×1 shortcut, and the one matrix product; `im2col` builds the (B, OH, OW, K·K·C_in) columns.
+/// What the convolutions share: shape checks and the weight as a contiguous (K·K·C_in, C_out)
+/// matrix; `product` turns (x, that matrix) into the (B·OH·OW, C_out) rows.
 fn conv_rows(
     x: &Tensor,
     weight: &Tensor,
     geometry: ConvGeometry,
-    im2col: impl FnOnce(&Tensor, ConvGeometry, (usize, usize)) -> Result<Tensor>,
+    product: impl FnOnce(&Tensor, &Tensor, ConvGeometry) -> Result<Tensor>,
 ) -> Result<(Tensor, (usize, usize, usize))> {
     let (b, h, w, cin) = x.dims4()?;
     let (cout, wcin, kh, kw) = weight.dims4()?;
@@ -293,20 +571,38 @@ fn conv_rows(
         );
     }
     let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
-    let k = kh * kw * cin;
     // (C_out, C_in, K, K) → (C_out, K, K, C_in) → (K·K·C_in, C_out), matching im2col's rows.
-    let wt = weight.permute((0, 2, 3, 1))?.reshape((cout, k))?.t()?;
+    let wt = weight
+        .permute((0, 2, 3, 1))?
+        .reshape((cout, kh * kw * cin))?
+        .t()?
+        .contiguous()?;
+    Ok((product(x, &wt, geometry)?, (b, oh, ow)))
+}
+
+/// im2col as a tensor (`im2col` builds the (B, OH, OW, K·K·C_in) columns; 1×1 stride-1
+/// convolutions skip it), then one candle matmul with `wt`.
+fn im2col_matmul(
+    x: &Tensor,
+    wt: &Tensor,
+    geometry: ConvGeometry,
+    im2col: impl FnOnce(&Tensor, ConvGeometry) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, h, w, cin) = x.dims4()?;
+    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
+    let k = geometry.kernel * geometry.kernel * cin;
     let cols = if geometry.kernel == 1 && geometry.stride == 1 && geometry.padding == 0 {
         x.reshape((b * h * w, cin))?
     } else {
-        im2col(x, geometry, (oh, ow))?.reshape((b * oh * ow, k))?
+        im2col(x, geometry)?.reshape((b * oh * ow, k))?
     };
-    Ok((cols.matmul(&wt.contiguous()?)?, (b, oh, ow)))
+    cols.matmul(wt)
 }
 
 /// im2col of `x` (B, H, W, C) as candle views: (B, OH, OW, K·K·C), rows ordered (ky, kx, c).
-fn im2col_by_views(x: &Tensor, geometry: ConvGeometry, (oh, ow): (usize, usize)) -> Result<Tensor> {
+fn im2col_by_views(x: &Tensor, geometry: ConvGeometry) -> Result<Tensor> {
     let (b, h, w, cin) = x.dims4()?;
+    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
     let ConvGeometry {
         kernel,
         stride,
@@ -344,29 +640,38 @@ fn im2col_by_views(x: &Tensor, geometry: ConvGeometry, (oh, ow): (usize, usize))
 pub type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 
 /// Training-mode batch norm of (N, C) rows: y = (x − mean)·invstd·γ + β with batch mean and
-/// biased variance per column. Candle's composition of broadcast ops spends most of its
-/// backward pass reducing broadcast gradients column-wise; this does each pass in one sweep.
+/// biased variance per column, optionally followed by ReLU. Candle's composition of broadcast
+/// ops spends most of its backward pass reducing broadcast gradients column-wise; this does
+/// each pass in one sweep. Fusing the ReLU saves candle's ReLU backward (a zero tensor, a
+/// comparison, a cast and a product) and one autograd node's gradient buffer per layer.
 #[derive(Clone, Debug)]
 struct BatchNormRows {
     eps: f64,
+    relu: bool,
     /// (mean, biased variance) of the forward pass, for the running averages and the backward.
     stats: BatchStats,
 }
 
-/// Column sums of f(row) over the rows of an (N, C) slice, in f64, in parallel.
-fn column_sums(n: usize, c: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
-    const ROWS: usize = 256;
+/// Rows per parallel task in the batch-norm kernels.
+const ROWS: usize = 256;
+
+/// Column sums over the rows of an (N, ·) matrix, in parallel: `f(rows, acc)` adds one chunk
+/// of at most [`ROWS`] rows into `acc` (`width` f32 sums, short enough to stay exact to
+/// ~1e-6 relative); the chunks' sums add up in f64.
+fn column_sums(
+    n: usize,
+    width: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f64> {
     (0..n.div_ceil(ROWS))
         .into_par_iter()
         .map(|chunk| {
-            let mut acc = vec![0f64; c];
-            for row in chunk * ROWS..((chunk + 1) * ROWS).min(n) {
-                f(row, &mut acc);
-            }
-            acc
+            let mut acc = vec![0f32; width];
+            f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc);
+            acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
         })
         .reduce(
-            || vec![0f64; c],
+            || vec![0f64; width],
             |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
                 a
@@ -374,23 +679,25 @@ fn column_sums(n: usize, c: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<
         )
 }
 
+/// Per-column mean and biased variance of an (N, C) matrix (two passes: exact for large means).
 fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let sums = column_sums(n, c, |row, acc| {
-        for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
-            *a += v as f64;
+    let sums = column_sums(n, c, |rows, acc| {
+        for row in rows {
+            for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
+                *a += v;
+            }
         }
     });
-    let mean: Vec<f64> = sums.iter().map(|s| s / n as f64).collect();
-    let sq = column_sums(n, c, |row, acc| {
-        for ((a, &v), m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
-            let d = v as f64 - m;
-            *a += d * d;
+    let mean: Vec<f32> = sums.iter().map(|s| (s / n as f64) as f32).collect();
+    let sq = column_sums(n, c, |rows, acc| {
+        for row in rows {
+            for ((a, &v), &m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
+                let d = v - m;
+                *a += d * d;
+            }
         }
     });
-    (
-        mean.iter().map(|&m| m as f32).collect(),
-        sq.iter().map(|s| (s / n as f64) as f32).collect(),
-    )
+    (mean, sq.iter().map(|s| (s / n as f64) as f32).collect())
 }
 
 impl CustomOp3 for BatchNormRows {
@@ -412,17 +719,22 @@ impl CustomOp3 for BatchNormRows {
         let beta = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
         let (mean, var) = moments(x, n, c);
+        // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
         let scale: Vec<f32> = var
             .iter()
             .zip(gamma)
             .map(|(&v, &g)| g / (v as f64 + self.eps).sqrt() as f32)
             .collect();
+        let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
         let mut y = vec![0f32; n * c];
-        y.par_chunks_mut(c)
-            .zip(x.par_chunks(c))
-            .for_each(|(yr, xr)| {
-                for j in 0..c {
-                    yr[j] = (xr[j] - mean[j]) * scale[j] + beta[j];
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        y.par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c))
+            .for_each(|(ys, xs)| {
+                for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                    for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
+                        *y = (x * a + b).max(floor);
+                    }
                 }
             });
         if let Ok(mut slot) = self.stats.lock() {
@@ -436,7 +748,7 @@ impl CustomOp3 for BatchNormRows {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
@@ -448,10 +760,12 @@ impl CustomOp3 for BatchNormRows {
             .ok_or_else(|| {
                 candle_core::Error::Msg("batch norm backward without forward statistics".into())
             })?;
-        let packed = x.contiguous()?.apply_op2_no_bwd(
+        let packed = x.contiguous()?.apply_op3_no_bwd(
             &grad.contiguous()?,
+            &res.contiguous()?,
             &BatchNormRowsBackward {
                 eps: self.eps,
+                relu: self.relu,
                 gamma: gamma.to_vec1::<f32>()?,
                 mean,
                 var,
@@ -464,16 +778,18 @@ impl CustomOp3 for BatchNormRows {
     }
 }
 
-/// Backward of [`BatchNormRows`]; returns (N + 2, C): dx rows, then dγ, then dβ.
+/// Backward of [`BatchNormRows`] over (x, dy, y); returns (N + 2, C): dx rows, then dγ, then
+/// dβ. With the ReLU, dy counts only where the output y is positive.
 struct BatchNormRowsBackward {
     eps: f64,
+    relu: bool,
     gamma: Vec<f32>,
     /// The forward pass's batch statistics.
     mean: Vec<f32>,
     var: Vec<f32>,
 }
 
-impl CustomOp2 for BatchNormRowsBackward {
+impl CustomOp3 for BatchNormRowsBackward {
     fn name(&self) -> &'static str {
         "batch-norm-rows-backward"
     }
@@ -484,52 +800,87 @@ impl CustomOp2 for BatchNormRowsBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_contiguous(s1, l1, self.name())?;
         let dy = f32_contiguous(s2, l2, self.name())?;
+        let y = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
-        let (mean, var) = (&self.mean, &self.var);
-        let invstd: Vec<f32> = var
+        // The gradient reaching the batch norm's output is dy where y > floor: everywhere
+        // without the ReLU, where the ReLU passed its input with it.
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        let (mean, gamma) = (&self.mean[..c], &self.gamma[..c]);
+        let invstd: Vec<f32> = self.var[..c]
             .iter()
             .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
             .collect();
-        // dβ = Σ dy, dγ = Σ dy·x̂ in one sweep.
-        let sums = column_sums(n, 2 * c, |row, acc| {
-            let (xr, gr) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
-            for j in 0..c {
-                acc[j] += gr[j] as f64;
-                acc[c + j] += (gr[j] * (xr[j] - mean[j]) * invstd[j]) as f64;
+        // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
+        // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
+        let sums = column_sums(n, 2 * c, |rows, acc| {
+            let (sum_g, sum_gx) = acc.split_at_mut(c);
+            let r = rows.start * c..rows.end * c;
+            let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
+            for ((xr, dr), yr) in xs
+                .chunks_exact(c)
+                .zip(ds.chunks_exact(c))
+                .zip(ys.chunks_exact(c))
+            {
+                let columns = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(mean);
+                for (((sg, sgx), &m), ((&xv, &dv), &yv)) in columns.zip(xr.iter().zip(dr).zip(yr)) {
+                    let g = if yv > floor { dv } else { 0.0 };
+                    *sg += g;
+                    *sgx += g * (xv - m);
+                }
             }
         });
-        let (dbeta, dgamma) = sums.split_at(c);
+        let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
+        let dgamma: Vec<f32> = (0..c).map(|j| (sums[c + j] as f32) * invstd[j]).collect();
+        // dx = k·(n·g − dβ − x̂·dγ) with k = γ·invstd/n, rearranged per channel as
+        // dx = a·g + b·x + d.
+        let nf = n as f32;
+        let k: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j] / nf).collect();
+        let coef_g: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j]).collect();
+        let coef_x: Vec<f32> = (0..c).map(|j| -k[j] * invstd[j] * dgamma[j]).collect();
+        let offset: Vec<f32> = (0..c)
+            .map(|j| -k[j] * dbeta[j] - coef_x[j] * mean[j])
+            .collect();
+        let (coef_g, coef_x, offset) = (&coef_g[..c], &coef_x[..c], &offset[..c]);
         let mut out = vec![0f32; (n + 2) * c];
         let (dx, tail) = out.split_at_mut(n * c);
-        let k: Vec<f32> = (0..c)
-            .map(|j| self.gamma[j] * invstd[j] / n as f32)
-            .collect();
-        dx.par_chunks_mut(c)
-            .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
-            .for_each(|(dr, (xr, gr))| {
-                for j in 0..c {
-                    let xhat = (xr[j] - mean[j]) * invstd[j];
-                    dr[j] = k[j] * (n as f32 * gr[j] - dbeta[j] as f32 - xhat * dgamma[j] as f32);
+        dx.par_chunks_mut(ROWS * c)
+            .zip(x.par_chunks(ROWS * c))
+            .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
+            .for_each(|((dxs, xs), (ds, ys))| {
+                let rows = xs
+                    .chunks_exact(c)
+                    .zip(ds.chunks_exact(c))
+                    .zip(ys.chunks_exact(c));
+                for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
+                    let columns = coef_g.iter().zip(coef_x).zip(offset);
+                    let values = xr.iter().zip(dr).zip(yr);
+                    for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
+                        out.iter_mut().zip(columns).zip(values)
+                    {
+                        let g = if yv > floor { dv } else { 0.0 };
+                        *o = a * g + b * xv + d;
+                    }
                 }
             });
-        for j in 0..c {
-            tail[j] = dgamma[j] as f32;
-            tail[c + j] = dbeta[j] as f32;
-        }
+        tail[..c].copy_from_slice(&dgamma);
+        tail[c..].copy_from_slice(&dbeta);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
     }
 }
 
-/// Training-mode batch norm of (N, C) rows on the CPU; returns y and the batch (mean, biased
-/// variance) for the running averages.
+/// Training-mode batch norm of (N, C) rows on the CPU, followed by ReLU when `relu`; returns y
+/// and the batch (mean, biased variance) for the running averages.
 pub fn batch_norm_rows_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
     let stats: BatchStats = Arc::new(Mutex::new(None));
     let y = x.contiguous()?.apply_op3(
@@ -537,6 +888,7 @@ pub fn batch_norm_rows_train(
         beta,
         BatchNormRows {
             eps,
+            relu,
             stats: stats.clone(),
         },
     )?;
@@ -573,15 +925,28 @@ mod tests {
             .unwrap()
     }
 
-    /// The fused batch norm equals the composition of candle ops, forward and backward.
+    /// The fused batch norm (with and without its ReLU) equals the composition of candle ops,
+    /// forward and backward.
     #[test]
     fn fused_batch_norm_matches_candle_ops() {
+        for relu in [false, true] {
+            fused_batch_norm_case(relu);
+        }
+    }
+
+    fn fused_batch_norm_case(relu: bool) {
         let x = Var::from_tensor(&random(&[300, 5], 4)).unwrap();
         let gamma = Var::from_tensor(&random(&[5], 5)).unwrap();
         let beta = Var::from_tensor(&random(&[5], 6)).unwrap();
         let eps = 1e-5;
-        let (ours, mean, var) =
-            batch_norm_rows_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), eps).unwrap();
+        let (ours, mean, var) = batch_norm_rows_train(
+            x.as_tensor(),
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            eps,
+            relu,
+        )
+        .unwrap();
         let m = x.as_tensor().mean_keepdim(0).unwrap();
         let centered = x.as_tensor().broadcast_sub(&m).unwrap();
         let v = centered.sqr().unwrap().mean_keepdim(0).unwrap();
@@ -592,7 +957,24 @@ mod tests {
             .unwrap()
             .broadcast_add(&beta.as_tensor().reshape((1, 5)).unwrap())
             .unwrap();
-        assert!(max_diff(&ours, &reference) < 1e-5);
+        let reference = if relu {
+            reference.relu().unwrap()
+        } else {
+            reference
+        };
+        if relu {
+            let zeros = ours
+                .eq(0f32)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            let share = zeros.mean_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                share > 0.2 && share < 0.8,
+                "the ReLU cuts {share} of the rows"
+            );
+        }
+        assert!(max_diff(&ours, &reference) < 1e-5, "relu {relu}");
         let mv: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
         let vv: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
         for j in 0..5 {
@@ -608,7 +990,7 @@ mod tests {
         let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         for var in [&x, &gamma, &beta] {
             let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
-            assert!(d < 1e-4, "gradient differs by {d}");
+            assert!(d < 1e-4, "relu {relu}: gradient differs by {d}");
         }
     }
 
@@ -617,8 +999,9 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
         type ConvFn = fn(&Tensor, &Tensor, ConvGeometry) -> Result<(Tensor, (usize, usize, usize))>;
-        let implementations: [(&str, ConvFn); 2] = [
+        let implementations: [(&str, ConvFn); 3] = [
             ("fused", conv2d_nhwc_rows),
+            ("im2col op + matmul", conv2d_nhwc_rows_im2col_op),
             ("portable", conv2d_nhwc_rows_portable),
         ];
         for (stride, padding, kernel, h) in [
