@@ -28,6 +28,11 @@ impl ConvGeometry {
         (input + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
+    /// A 1×1, stride-1, unpadded convolution: its im2col matrix is the input itself.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
     /// Calls `f(pixel, tap)` for every kernel tap of output pixel (oy, ox) that falls inside the
     /// (h, w) input: `pixel` is the input pixel's index (iy·w + ix), `tap` is ky·K + kx, the
     /// tap's slot in an im2col row. Taps in the zero padding are skipped.
@@ -302,16 +307,9 @@ fn matmul_into(
 #[derive(Debug)]
 struct ConvRowsCpu {
     geometry: ConvGeometry,
-    /// The forward pass's im2col matrix, for the weight gradient (None for 1×1 stride-1
+    /// The forward pass's im2col matrix, for the weight gradient (None for pointwise
     /// convolutions, whose im2col matrix is `x` itself).
     cols: Mutex<Option<Arc<Vec<f32>>>>,
-}
-
-impl ConvRowsCpu {
-    fn is_pointwise(&self) -> bool {
-        let g = self.geometry;
-        g.kernel == 1 && g.stride == 1 && g.padding == 0
-    }
 }
 
 impl CustomOp2 for ConvRowsCpu {
@@ -333,15 +331,12 @@ impl CustomOp2 for ConvRowsCpu {
         let g = self.geometry;
         let (oh, ow) = (g.output_size(h), g.output_size(w));
         let m = b * oh * ow;
+        let cols = (!g.is_pointwise()).then(|| Arc::new(im2col_cpu(x, (b, h, w, c), g)));
         let mut out = vec![0f32; m * cout];
-        if self.is_pointwise() {
-            matmul_into(&mut out, (m, cout, k), x, (k, 1), wt, (cout, 1))?;
-        } else {
-            let cols = im2col_cpu(x, (b, h, w, c), g);
-            matmul_into(&mut out, (m, cout, k), &cols, (k, 1), wt, (cout, 1))?;
-            if let Ok(mut slot) = self.cols.lock() {
-                *slot = Some(Arc::new(cols));
-            }
+        let lhs = cols.as_deref().map_or(x, |cols| cols.as_slice());
+        matmul_into(&mut out, (m, cout, k), lhs, (k, 1), wt, (cout, 1))?;
+        if let Ok(mut slot) = self.cols.lock() {
+            *slot = cols;
         }
         Ok((CpuStorage::F32(out), Shape::from((m, cout))))
     }
@@ -355,7 +350,7 @@ impl CustomOp2 for ConvRowsCpu {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, h, w, c) = x.dims4()?;
         let (k, cout) = wt.dims2()?;
-        let cols = if self.is_pointwise() {
+        let cols = if self.geometry.is_pointwise() {
             None
         } else {
             let saved = self.cols.lock().ok().and_then(|s| s.clone());
@@ -363,18 +358,12 @@ impl CustomOp2 for ConvRowsCpu {
                 candle_core::Error::Msg("convolution backward without its forward pass".into())
             })?)
         };
-        // With 1×1 stride-1 convolutions the weight gradient reads x itself.
-        let lhs = match cols {
-            Some(_) => None,
-            None => Some(x.contiguous()?),
-        };
-        let packed = grad.contiguous()?.apply_op2_no_bwd(
+        let packed = grad.contiguous()?.apply_op3_no_bwd(
             &wt.contiguous()?,
+            &x.contiguous()?,
             &ConvRowsCpuBackward {
                 geometry: self.geometry,
-                input: (b, h, w, c),
                 cols,
-                lhs,
             },
         )?;
         let dx = packed.narrow(0, 0, b * h * w * c)?.reshape((b, h, w, c))?;
@@ -385,16 +374,14 @@ impl CustomOp2 for ConvRowsCpu {
     }
 }
 
-/// Backward of [`ConvRowsCpu`] over (dY, wt): one flat tensor, dX (B·H·W·C_in) then dW.
+/// Backward of [`ConvRowsCpu`] over (dY, wt, x): one flat tensor, dX (B·H·W·C_in) then dW.
 struct ConvRowsCpuBackward {
     geometry: ConvGeometry,
-    input: (usize, usize, usize, usize),
-    /// The forward im2col matrix, or, for 1×1 stride-1 convolutions, `x` in `lhs`.
+    /// The forward im2col matrix (None for pointwise convolutions: x is that matrix).
     cols: Option<Arc<Vec<f32>>>,
-    lhs: Option<Tensor>,
 }
 
-impl CustomOp2 for ConvRowsCpuBackward {
+impl CustomOp3 for ConvRowsCpuBackward {
     fn name(&self) -> &'static str {
         "conv-rows-cpu-backward"
     }
@@ -405,30 +392,25 @@ impl CustomOp2 for ConvRowsCpuBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dy = f32_contiguous(s1, l1, self.name())?;
         let wt = f32_contiguous(s2, l2, self.name())?;
+        let x = f32_contiguous(s3, l3, self.name())?;
         let (m, cout) = l1.shape().dims2()?;
         let (k, _) = l2.shape().dims2()?;
-        let (b, h, w, c) = self.input;
+        let (b, h, w, c) = dims4(l3, self.name())?;
         let g = self.geometry;
         let (oh, ow) = (g.output_size(h), g.output_size(w));
         let dx_len = b * h * w * c;
         let mut out = vec![0f32; dx_len + k * cout];
         let (dx, dwt) = out.split_at_mut(dx_len);
         // dW = colsᵀ · dY: cols is (m, k) row-major, read transposed.
-        let lhs_storage;
-        let cols: &[f32] = match (&self.cols, &self.lhs) {
-            (Some(cols), _) => cols,
-            (None, Some(x)) => {
-                lhs_storage = x.flatten_all()?.to_vec1::<f32>()?;
-                &lhs_storage
-            }
-            (None, None) => candle_core::bail!("{}: no im2col matrix", self.name()),
-        };
+        let cols = self.cols.as_deref().map_or(x, |cols| cols.as_slice());
         matmul_into(dwt, (k, cout, m), cols, (1, k), dy, (cout, 1))?;
         // dX = col2im(dY · Wᵀ): wt is (k, cout) row-major, read transposed.
-        if self.cols.is_none() {
+        if g.is_pointwise() {
             matmul_into(dx, (m, k, cout), dy, (cout, 1), wt, (1, cout))?;
         } else {
             let mut dcols = vec![0f32; m * k];
@@ -591,7 +573,7 @@ fn im2col_matmul(
     let (b, h, w, cin) = x.dims4()?;
     let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
     let k = geometry.kernel * geometry.kernel * cin;
-    let cols = if geometry.kernel == 1 && geometry.stride == 1 && geometry.padding == 0 {
+    let cols = if geometry.is_pointwise() {
         x.reshape((b * h * w, cin))?
     } else {
         im2col(x, geometry)?.reshape((b * oh * ow, k))?
