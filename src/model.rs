@@ -5,7 +5,8 @@ use candle_core::{Module, Result, Tensor, Var, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::nhwc::{
-    batch_norm_rows_train, conv2d_nhwc_rows, conv2d_nhwc_rows_portable, ConvGeometry,
+    batch_norm_rows_train, conv2d_nhwc_rows, conv2d_nhwc_rows_portable, conv_bn_rows_train,
+    ConvGeometry,
 };
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +222,37 @@ impl Conv {
     }
 }
 
+/// `conv` then `bn` (then ReLU when `relu`) on channels-last `x`: the (B·OH·OW, C_out) rows
+/// and (B, OH, OW). Training on the CPU with the fused kernels runs them as one autograd node.
+fn conv_bn_rows(
+    conv: &Conv,
+    bn: &RowBatchNorm,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    let device = x.device();
+    if train && device.is_cpu() && kernels_for(device)? == Kernels::Fused {
+        let (rows, dims, (mean, var)) = conv_bn_rows_train(
+            x,
+            &conv.weight,
+            conv.geometry,
+            (&bn.weight, &bn.bias),
+            bn.eps,
+            relu,
+        )?;
+        let (n, c) = rows.dims2()?;
+        bn.update_running(
+            &Tensor::from_vec(mean, c, device)?,
+            &Tensor::from_vec(var, c, device)?,
+            n,
+        )?;
+        return Ok((rows, dims));
+    }
+    let (rows, dims) = conv.rows(x)?;
+    Ok((bn.forward_rows(&rows, train, relu)?, dims))
+}
+
 /// conv → batch norm → ReLU, channels-last in and out.
 #[derive(Debug, Clone)]
 struct ConvBn {
@@ -237,11 +269,9 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (rows, (b, oh, ow)) = self.conv.rows(x)?;
+        let (rows, (b, oh, ow)) = conv_bn_rows(&self.conv, &self.bn, x, train, true)?;
         let c = rows.dim(1)?;
-        self.bn
-            .forward_rows(&rows, train, true)?
-            .reshape((b, oh, ow, c))
+        rows.reshape((b, oh, ow, c))
     }
 }
 
@@ -275,16 +305,12 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (rows, (b, oh, ow)) = self.conv1.rows(x)?;
+        let (rows, (b, oh, ow)) = conv_bn_rows(&self.conv1, &self.bn1, x, train, true)?;
         let c = rows.dim(1)?;
-        let y = self
-            .bn1
-            .forward_rows(&rows, train, true)?
-            .reshape((b, oh, ow, c))?;
-        let (rows, _) = self.conv2.rows(&y)?;
-        let y = self.bn2.forward_rows(&rows, train, false)?;
+        let y = rows.reshape((b, oh, ow, c))?;
+        let (y, _) = conv_bn_rows(&self.conv2, &self.bn2, &y, train, false)?;
         let s = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_rows(&conv.rows(x)?.0, train, false)?,
+            Some((conv, bn)) => conv_bn_rows(conv, bn, x, train, false)?.0,
             None => x.reshape((b * oh * ow, c))?,
         };
         (y + s)?.relu()?.reshape((b, oh, ow, c))

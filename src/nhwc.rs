@@ -902,6 +902,121 @@ fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
     (mean, sq.iter().map(|s| (s / n as f64) as f32).collect())
 }
 
+/// Training-mode batch norm of (N, C) rows: returns y (with the ReLU when `relu`) and the
+/// batch mean and biased variance per column.
+fn bn_forward_cpu(
+    x: &[f32],
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    if n * c == 0 {
+        return (Vec::new(), vec![0.0; c], vec![0.0; c]);
+    }
+    let (mean, var) = moments(x, n, c);
+    // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
+    let scale: Vec<f32> = var
+        .iter()
+        .zip(gamma)
+        .map(|(&v, &g)| g / (v as f64 + eps).sqrt() as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
+    let mut y: Vec<f32> = Vec::with_capacity(n * c);
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    y.spare_capacity_mut()[..n * c]
+        .par_chunks_mut(ROWS * c)
+        .zip(x.par_chunks(ROWS * c))
+        .for_each(|(ys, xs)| {
+            for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
+                    y.write((x * a + b).max(floor));
+                }
+            }
+        });
+    // SAFETY: the chunks cover all n·c elements and every one was written.
+    unsafe { y.set_len(n * c) };
+    (y, mean, var)
+}
+
+/// The batch norm's backward pass: from its input x, the gradient dy reaching its output, its
+/// output y (for the ReLU's mask) and the forward statistics, writes dx into `dx` (every
+/// element) and returns (dγ, dβ).
+#[allow(clippy::too_many_arguments)]
+fn bn_backward_cpu(
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    (mean, var): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+    dx: &mut [MaybeUninit<f32>],
+) -> (Vec<f32>, Vec<f32>) {
+    if n * c == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    // The gradient reaching the batch norm's output is dy where y > floor: everywhere
+    // without the ReLU, where the ReLU passed its input with it.
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let (mean, gamma) = (&mean[..c], &gamma[..c]);
+    let invstd: Vec<f32> = var[..c]
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
+    // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
+    let sums = column_sums(n, 2 * c, |rows, acc| {
+        let (sum_g, sum_gx) = acc.split_at_mut(c);
+        let r = rows.start * c..rows.end * c;
+        let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
+        for ((xr, dr), yr) in xs
+            .chunks_exact(c)
+            .zip(ds.chunks_exact(c))
+            .zip(ys.chunks_exact(c))
+        {
+            let columns = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(mean);
+            for (((sg, sgx), &m), ((&xv, &dv), &yv)) in columns.zip(xr.iter().zip(dr).zip(yr)) {
+                let g = if yv > floor { dv } else { 0.0 };
+                *sg += g;
+                *sgx += g * (xv - m);
+            }
+        }
+    });
+    let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
+    let dgamma: Vec<f32> = (0..c).map(|j| (sums[c + j] as f32) * invstd[j]).collect();
+    // dx = k·(n·g − dβ − x̂·dγ) with k = γ·invstd/n, rearranged per channel as
+    // dx = a·g + b·x + d.
+    let nf = n as f32;
+    let k: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j] / nf).collect();
+    let coef_g: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j]).collect();
+    let coef_x: Vec<f32> = (0..c).map(|j| -k[j] * invstd[j] * dgamma[j]).collect();
+    let offset: Vec<f32> = (0..c)
+        .map(|j| -k[j] * dbeta[j] - coef_x[j] * mean[j])
+        .collect();
+    let (coef_g, coef_x, offset) = (&coef_g[..c], &coef_x[..c], &offset[..c]);
+    dx.par_chunks_mut(ROWS * c)
+        .zip(x.par_chunks(ROWS * c))
+        .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
+        .for_each(|((dxs, xs), (ds, ys))| {
+            let rows = xs
+                .chunks_exact(c)
+                .zip(ds.chunks_exact(c))
+                .zip(ys.chunks_exact(c));
+            for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
+                let columns = coef_g.iter().zip(coef_x).zip(offset);
+                let values = xr.iter().zip(dr).zip(yr);
+                for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
+                    out.iter_mut().zip(columns).zip(values)
+                {
+                    let g = if yv > floor { dv } else { 0.0 };
+                    o.write(a * g + b * xv + d);
+                }
+            }
+        });
+    (dgamma, dbeta)
+}
+
 impl CustomOp3 for BatchNormRows {
     fn name(&self) -> &'static str {
         "batch-norm-rows"
@@ -920,25 +1035,7 @@ impl CustomOp3 for BatchNormRows {
         let gamma = f32_contiguous(s2, l2, self.name())?;
         let beta = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
-        let (mean, var) = moments(x, n, c);
-        // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
-        let scale: Vec<f32> = var
-            .iter()
-            .zip(gamma)
-            .map(|(&v, &g)| g / (v as f64 + self.eps).sqrt() as f32)
-            .collect();
-        let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
-        let mut y = vec![0f32; n * c];
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        y.par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .for_each(|(ys, xs)| {
-                for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
-                    for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
-                        *y = (x * a + b).max(floor);
-                    }
-                }
-            });
+        let (y, mean, var) = bn_forward_cpu(x, (n, c), gamma, beta, self.eps, self.relu);
         if let Ok(mut slot) = self.stats.lock() {
             *slot = Some((mean, var));
         }
@@ -1009,68 +1106,22 @@ impl CustomOp3 for BatchNormRowsBackward {
         let dy = f32_contiguous(s2, l2, self.name())?;
         let y = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
-        // The gradient reaching the batch norm's output is dy where y > floor: everywhere
-        // without the ReLU, where the ReLU passed its input with it.
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        let (mean, gamma) = (&self.mean[..c], &self.gamma[..c]);
-        let invstd: Vec<f32> = self.var[..c]
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
-        // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
-        let sums = column_sums(n, 2 * c, |rows, acc| {
-            let (sum_g, sum_gx) = acc.split_at_mut(c);
-            let r = rows.start * c..rows.end * c;
-            let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
-            for ((xr, dr), yr) in xs
-                .chunks_exact(c)
-                .zip(ds.chunks_exact(c))
-                .zip(ys.chunks_exact(c))
-            {
-                let columns = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(mean);
-                for (((sg, sgx), &m), ((&xv, &dv), &yv)) in columns.zip(xr.iter().zip(dr).zip(yr)) {
-                    let g = if yv > floor { dv } else { 0.0 };
-                    *sg += g;
-                    *sgx += g * (xv - m);
-                }
-            }
-        });
-        let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
-        let dgamma: Vec<f32> = (0..c).map(|j| (sums[c + j] as f32) * invstd[j]).collect();
-        // dx = k·(n·g − dβ − x̂·dγ) with k = γ·invstd/n, rearranged per channel as
-        // dx = a·g + b·x + d.
-        let nf = n as f32;
-        let k: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j] / nf).collect();
-        let coef_g: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j]).collect();
-        let coef_x: Vec<f32> = (0..c).map(|j| -k[j] * invstd[j] * dgamma[j]).collect();
-        let offset: Vec<f32> = (0..c)
-            .map(|j| -k[j] * dbeta[j] - coef_x[j] * mean[j])
-            .collect();
-        let (coef_g, coef_x, offset) = (&coef_g[..c], &coef_x[..c], &offset[..c]);
-        let mut out = vec![0f32; (n + 2) * c];
-        let (dx, tail) = out.split_at_mut(n * c);
-        dx.par_chunks_mut(ROWS * c)
-            .zip(x.par_chunks(ROWS * c))
-            .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
-            .for_each(|((dxs, xs), (ds, ys))| {
-                let rows = xs
-                    .chunks_exact(c)
-                    .zip(ds.chunks_exact(c))
-                    .zip(ys.chunks_exact(c));
-                for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
-                    let columns = coef_g.iter().zip(coef_x).zip(offset);
-                    let values = xr.iter().zip(dr).zip(yr);
-                    for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
-                        out.iter_mut().zip(columns).zip(values)
-                    {
-                        let g = if yv > floor { dv } else { 0.0 };
-                        *o = a * g + b * xv + d;
-                    }
-                }
-            });
-        tail[..c].copy_from_slice(&dgamma);
-        tail[c..].copy_from_slice(&dbeta);
+        let mut out: Vec<f32> = Vec::with_capacity((n + 2) * c);
+        let (dx, tail) = out.spare_capacity_mut()[..(n + 2) * c].split_at_mut(n * c);
+        let (dgamma, dbeta) = bn_backward_cpu(
+            (x, dy, y),
+            (n, c),
+            &self.gamma,
+            (&self.mean, &self.var),
+            self.eps,
+            self.relu,
+            dx,
+        );
+        for (t, &v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
+            t.write(v);
+        }
+        // SAFETY: bn_backward_cpu wrote all n·c elements of dx, the loop the 2·c of the tail.
+        unsafe { out.set_len((n + 2) * c) };
         Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
     }
 }
@@ -1101,6 +1152,216 @@ pub fn batch_norm_rows_train(
     Ok((y, mean, var))
 }
 
+/// What a fused convolution + batch norm keeps from its forward pass for the backward.
+struct ConvBnSaved {
+    /// The im2col matrix (None for pointwise convolutions: x is that matrix).
+    cols: Option<Vec<f32>>,
+    /// The convolution's output, the batch norm's input.
+    conv_out: Vec<f32>,
+    /// The weight matrix (K·K·C_in, C_out) and γ the forward pass used.
+    wt: Vec<f32>,
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+/// A CPU convolution followed by training-mode batch norm (and ReLU when `relu`) as one
+/// autograd node over (x (B, H, W, C_in), wt (K·K·C_in, C_out), γβ (2, C_out)). As two nodes,
+/// candle's autograd zero-filled a gradient buffer the size of the convolution's output and
+/// added the batch norm's input gradient into it, every layer; here that gradient lives only
+/// inside the backward pass.
+struct ConvBnCpu {
+    geometry: ConvGeometry,
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<ConvBnSaved>>>,
+}
+
+impl CustomOp3 for ConvBnCpu {
+    fn name(&self) -> &'static str {
+        "conv-bn-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let gamma_beta = f32_contiguous(s3, l3, self.name())?;
+        let dims = dims4(l1, self.name())?;
+        let (_, cout) = l2.shape().dims2()?;
+        if l3.shape().dims2()? != (2, cout) {
+            candle_core::bail!(
+                "{}: γβ must be (2, {cout}), got {:?}",
+                self.name(),
+                l3.dims()
+            );
+        }
+        let (gamma, beta) = gamma_beta.split_at(cout);
+        let (conv_out, cols) = conv_forward_cpu(x, dims, wt, cout, self.geometry)?;
+        let m = conv_out.len() / cout.max(1);
+        let (y, mean, var) = bn_forward_cpu(&conv_out, (m, cout), gamma, beta, self.eps, self.relu);
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(ConvBnSaved {
+                cols,
+                conv_out,
+                wt: wt.to_vec(),
+                gamma: gamma.to_vec(),
+                mean,
+                var,
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, cout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _gamma_beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, w, c) = x.dims4()?;
+        let (k, cout) = wt.dims2()?;
+        let packed = grad.contiguous()?.apply_op3_no_bwd(
+            &res.contiguous()?,
+            &x.contiguous()?,
+            &ConvBnCpuBackward {
+                geometry: self.geometry,
+                eps: self.eps,
+                relu: self.relu,
+                saved: self.saved.clone(),
+            },
+        )?;
+        let dx_len = b * h * w * c;
+        let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
+        let dwt = packed.narrow(0, dx_len, k * cout)?.reshape((k, cout))?;
+        let dgb = packed
+            .narrow(0, dx_len + k * cout, 2 * cout)?
+            .reshape((2, cout))?;
+        Ok((Some(dx), Some(dwt), Some(dgb)))
+    }
+}
+
+/// Backward of [`ConvBnCpu`] over (dy, y, x): one flat tensor, dX (B·H·W·C_in), dW
+/// (K·K·C_in·C_out), then dγ and dβ (C_out each).
+struct ConvBnCpuBackward {
+    geometry: ConvGeometry,
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<ConvBnSaved>>>,
+}
+
+impl CustomOp3 for ConvBnCpuBackward {
+    fn name(&self) -> &'static str {
+        "conv-bn-cpu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_contiguous(s1, l1, self.name())?;
+        let y = f32_contiguous(s2, l2, self.name())?;
+        let x = f32_contiguous(s3, l3, self.name())?;
+        let (m, cout) = l1.shape().dims2()?;
+        let dims = dims4(l3, self.name())?;
+        let guard = self.saved.lock().map_err(|_| {
+            candle_core::Error::Msg("conv-bn backward: forward state poisoned".into())
+        })?;
+        let saved = guard.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("conv-bn backward without its forward pass".into())
+        })?;
+        let k = saved.wt.len() / cout.max(1);
+        if saved.conv_out.len() != m * cout || y.len() != m * cout {
+            candle_core::bail!("conv-bn backward: gradient does not match the forward pass");
+        }
+        // The batch norm's input gradient, which is the convolution's output gradient.
+        let mut dconv: Vec<f32> = Vec::with_capacity(m * cout);
+        let (dgamma, dbeta) = bn_backward_cpu(
+            (&saved.conv_out, dy, y),
+            (m, cout),
+            &saved.gamma,
+            (&saved.mean, &saved.var),
+            self.eps,
+            self.relu,
+            &mut dconv.spare_capacity_mut()[..m * cout],
+        );
+        // SAFETY: bn_backward_cpu wrote all m·C_out elements.
+        unsafe { dconv.set_len(m * cout) };
+        let len = x.len() + k * cout + 2 * cout;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
+        let (dwt, tail) = rest.split_at_mut(k * cout);
+        let cols = saved.cols.as_deref();
+        conv_backward_cpu(
+            &dconv,
+            &saved.wt,
+            x,
+            dims,
+            cout,
+            self.geometry,
+            cols,
+            dx,
+            dwt,
+        )?;
+        for (t, &v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
+            t.write(v);
+        }
+        // SAFETY: conv_backward_cpu wrote dx and dwt whole, the loop the 2·C_out of the tail.
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// A convolution of channels-last `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
+/// then training-mode batch norm with `gamma` and `beta` (and ReLU when `relu`), on the CPU
+/// as one autograd node ([`ConvBnCpu`]). Returns the (B·OH·OW, C_out) rows, the output's
+/// (B, OH, OW) and the batch (mean, biased variance) for the running averages.
+#[allow(clippy::type_complexity)]
+pub fn conv_bn_rows_train(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, (usize, usize, usize), (Vec<f32>, Vec<f32>))> {
+    let saved = Arc::new(Mutex::new(None));
+    let (rows, dims) = conv_rows(x, weight, geometry, |x, wt, geometry| {
+        let gamma_beta = Tensor::stack(&[gamma, beta], 0)?;
+        x.contiguous()?.apply_op3(
+            wt,
+            &gamma_beta,
+            ConvBnCpu {
+                geometry,
+                eps,
+                relu,
+                saved: saved.clone(),
+            },
+        )
+    })?;
+    let stats = saved
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| (s.mean.clone(), s.var.clone())));
+    let stats =
+        stats.ok_or_else(|| candle_core::Error::Msg("conv-bn ran without statistics".into()))?;
+    Ok((rows, dims, stats))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1127,6 +1388,88 @@ mod tests {
             .unwrap()
     }
 
+    /// Training-mode batch norm of (N, C) rows (then ReLU when `relu`) as candle ops, and the
+    /// batch mean and biased variance as (1, C).
+    fn batch_norm_reference(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> (Tensor, Tensor, Tensor) {
+        let c = x.dim(1).unwrap();
+        let m = x.mean_keepdim(0).unwrap();
+        let centered = x.broadcast_sub(&m).unwrap();
+        let v = centered.sqr().unwrap().mean_keepdim(0).unwrap();
+        let y = centered
+            .broadcast_div(&(v.clone() + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&gamma.reshape((1, c)).unwrap())
+            .unwrap()
+            .broadcast_add(&beta.reshape((1, c)).unwrap())
+            .unwrap();
+        let y = if relu { y.relu().unwrap() } else { y };
+        (y, m, v)
+    }
+
+    /// The fused convolution + batch norm node equals the portable convolution followed by
+    /// candle's batch norm ops, forward (output and statistics) and backward (x, W, γ, β).
+    #[test]
+    fn fused_conv_batch_norm_matches_the_composition() {
+        for (relu, (kernel, stride, padding)) in [
+            (true, (3, 1, 1)),
+            (false, (3, 2, 1)),
+            (true, (1, 2, 0)),
+            (false, (1, 1, 0)),
+        ] {
+            let geometry = ConvGeometry {
+                kernel,
+                stride,
+                padding,
+            };
+            let x = Var::from_tensor(&random(&[7, 6, 6, 3], 11)).unwrap();
+            let w = Var::from_tensor(&random(&[4, 3, kernel, kernel], 12)).unwrap();
+            let gamma = Var::from_tensor(&random(&[4], 13)).unwrap();
+            let beta = Var::from_tensor(&random(&[4], 14)).unwrap();
+            let eps = 1e-5;
+            let (ours, dims, (mean, var)) = conv_bn_rows_train(
+                x.as_tensor(),
+                w.as_tensor(),
+                geometry,
+                (gamma.as_tensor(), beta.as_tensor()),
+                eps,
+                relu,
+            )
+            .unwrap();
+            let (rows, ref_dims) =
+                conv2d_nhwc_rows_portable(x.as_tensor(), w.as_tensor(), geometry).unwrap();
+            let (reference, m, v) =
+                batch_norm_reference(&rows, gamma.as_tensor(), beta.as_tensor(), eps, relu);
+            let case = format!("{geometry:?} relu {relu}");
+            assert_eq!(dims, ref_dims, "{case}");
+            assert_eq!(ours.dims(), reference.dims(), "{case}");
+            assert!(max_diff(&ours, &reference) < 1e-4, "{case}: forward");
+            let mv: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+            let vv: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            for j in 0..4 {
+                assert!((mv[j] - mean[j]).abs() < 1e-5, "{case}: mean");
+                assert!((vv[j] - var[j]).abs() < 1e-4, "{case}: variance");
+            }
+            let up = random(reference.dims(), 15);
+            let g_ref = (reference * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("x", &x), ("W", &w), ("γ", &gamma), ("β", &beta)] {
+                let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+                assert!(d < 1e-3, "{case}: gradient of {name} differs by {d}");
+            }
+        }
+    }
+
     /// The fused batch norm (with and without its ReLU) equals the composition of candle ops,
     /// forward and backward.
     #[test]
@@ -1149,21 +1492,13 @@ mod tests {
             relu,
         )
         .unwrap();
-        let m = x.as_tensor().mean_keepdim(0).unwrap();
-        let centered = x.as_tensor().broadcast_sub(&m).unwrap();
-        let v = centered.sqr().unwrap().mean_keepdim(0).unwrap();
-        let reference = centered
-            .broadcast_div(&(v.clone() + eps).unwrap().sqrt().unwrap())
-            .unwrap()
-            .broadcast_mul(&gamma.as_tensor().reshape((1, 5)).unwrap())
-            .unwrap()
-            .broadcast_add(&beta.as_tensor().reshape((1, 5)).unwrap())
-            .unwrap();
-        let reference = if relu {
-            reference.relu().unwrap()
-        } else {
-            reference
-        };
+        let (reference, m, v) = batch_norm_reference(
+            x.as_tensor(),
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            eps,
+            relu,
+        );
         if relu {
             let zeros = ours
                 .eq(0f32)
