@@ -3,7 +3,8 @@
 //! feature decorrelation and the reference-salient term, SGD with momentum) in salient, against
 //! the same architecture, losses, batch and data in PyTorch (`benches/python_train.py`). Both
 //! count target + reference images per second and report the median epoch over repeats, after
-//! one warm-up epoch.
+//! one warm-up epoch. The two alternate in `--rounds` rounds (default 3), and the ratio is the
+//! median of the per-round ratios: on shared virtual CPUs the speed drifts over minutes.
 //!
 //!     cargo run --release --example bench_train -- TARGET.parquet REFERENCE.parquet [ROWS] [REPEATS]
 //!
@@ -29,6 +30,9 @@ struct Args {
     rows: usize,
     #[arg(default_value_t = 3)]
     repeats: usize,
+    /// Rounds of (salient epochs, PyTorch run), for a ratio per round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -88,22 +92,64 @@ fn main() -> anyhow::Result<()> {
     let norm = Normalization::fit(&t.pixels, shape);
     let mut trainer = Trainer::new(config.clone(), shape, norm, t.len(), r.len(), device)?;
     let mut losses = Vec::new();
-    let mut rates = Vec::new();
-    salient::model::with_kernels(args.kernels, || -> anyhow::Result<()> {
-        for epoch in 0..=args.repeats {
-            let stats = trainer.train_epoch(&t, Some(&r), |step, _, s| {
-                losses.push((epoch, step, s.loss));
-            })?;
-            eprintln!(
-                "epoch {epoch}: {:.0} img/s, loss {:.5}",
-                stats.images_per_second, stats.losses.loss
+    let torch_device = if device_name == "cpu" { "cpu" } else { "cuda" };
+    let arch = match args.architecture {
+        Architecture::SmallCnn => "small-cnn",
+        Architecture::Resnet18 => "resnet18",
+    };
+    // One round: `repeats` timed salient epochs (after a warm-up epoch in the first round),
+    // then the PyTorch twin's run (its own warm-up plus `repeats` epochs). The machine's speed
+    // drifts over minutes (shared virtual CPUs), so the ratio is taken per round, from runs
+    // seconds apart, and the report gives the median round.
+    let mut rounds = Vec::new();
+    let mut torch_info = None;
+    for round in 0..args.rounds.max(1) {
+        let mut rates = Vec::new();
+        salient::model::with_kernels(args.kernels, || -> anyhow::Result<()> {
+            let first = if round == 0 { 0 } else { 1 };
+            for epoch in first..=args.repeats {
+                let stats = trainer.train_epoch(&t, Some(&r), |step, _, s| {
+                    losses.push((round * (args.repeats + 1) + epoch, step, s.loss));
+                })?;
+                eprintln!(
+                    "round {round} epoch {epoch}: {:.0} img/s, loss {:.5}",
+                    stats.images_per_second, stats.losses.loss
+                );
+                if epoch > 0 {
+                    rates.push(stats.images_per_second);
+                }
+            }
+            Ok(())
+        })?;
+        let salient = median(rates);
+        let torch = if args.no_torch {
+            None
+        } else {
+            let out = std::process::Command::new("python3")
+                .arg(&args.torch_script)
+                .args([&args.target, &args.reference])
+                .arg(args.rows.to_string())
+                .arg(args.repeats.to_string())
+                .arg(cores.to_string())
+                .args(["--architecture", arch, "--device", torch_device])
+                .args(&args.torch_args)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "python_train.py: {}",
+                String::from_utf8_lossy(&out.stderr)
             );
-            rates.push(stats.images_per_second);
-        }
-        Ok(())
-    })?;
-    rates.remove(0); // warm-up
-    let salient = median(rates);
+            let python: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let rate = python["images_per_second"].as_f64().unwrap_or(f64::NAN);
+            eprintln!(
+                "round {round}: salient {salient:.0} img/s, PyTorch {rate:.0} img/s, ratio {:.2}",
+                salient / rate
+            );
+            torch_info = Some(python);
+            Some(rate)
+        };
+        rounds.push((salient, torch));
+    }
     if let Some(path) = &args.loss_log {
         let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
         writeln!(out, "epoch,step,loss")?;
@@ -114,44 +160,26 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "cIDFD epochs, {} target + {} reference images {shape}, {:?} width {}, batch {}, {cores} cores, median of {}",
+        "cIDFD epochs, {} target + {} reference images {shape}, {:?} width {}, batch {}, {cores} cores, median of {} epochs per round, {} round(s)",
         t.len(),
         r.len(),
         config.architecture,
         config.width.unwrap_or(config.architecture.default_width()),
         config.batch_size,
-        args.repeats
+        args.repeats,
+        rounds.len()
     );
     let label = format!(
         "salient (candle, {device_name}, {:?}{})",
         args.kernels,
         if args.tf32 { ", TF32" } else { "" }
     );
+    let salient = median(rounds.iter().map(|r| r.0).collect());
     println!("{label:<44} {salient:>8.0} img/s");
-    if args.no_torch {
+    let Some(python) = torch_info else {
         return Ok(());
-    }
-    let torch_device = if device_name == "cpu" { "cpu" } else { "cuda" };
-    let arch = match args.architecture {
-        Architecture::SmallCnn => "small-cnn",
-        Architecture::Resnet18 => "resnet18",
     };
-    let out = std::process::Command::new("python3")
-        .arg(&args.torch_script)
-        .args([&args.target, &args.reference])
-        .arg(args.rows.to_string())
-        .arg(args.repeats.to_string())
-        .arg(cores.to_string())
-        .args(["--architecture", arch, "--device", torch_device])
-        .args(&args.torch_args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "python_train.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let torch = python["images_per_second"].as_f64().unwrap_or(f64::NAN);
+    let torch = median(rounds.iter().filter_map(|r| r.1).collect());
     let label = format!(
         "PyTorch {} ({}{})",
         python["torch"].as_str().unwrap_or("?"),
@@ -163,6 +191,15 @@ fn main() -> anyhow::Result<()> {
         }
     );
     println!("{label:<44} {torch:>8.0} img/s");
-    println!("salient / PyTorch = {:.2}", salient / torch);
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .filter_map(|&(s, t)| t.map(|t| s / t))
+        .collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "salient / PyTorch = {:.2} (median round; rounds {})",
+        median(ratios),
+        shown.join(", ")
+    );
     Ok(())
 }
