@@ -399,6 +399,14 @@ fn conv_forward_cpu(
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
     let m = b * rows_per_image;
+    if x.len() != b * h * w * c || wt.len() != k * cout {
+        candle_core::bail!(
+            "conv forward: input of {} and weight of {} do not fit {:?} and {cout} channels out",
+            x.len(),
+            wt.len(),
+            (b, h, w, c)
+        );
+    }
     if m * cout * k == 0 {
         let cols = (!g.is_pointwise()).then(|| vec![0f32; m * k]);
         return Ok((vec![0f32; m * cout], cols));
@@ -469,6 +477,19 @@ fn conv_backward_cpu(
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
     let m = b * rows_per_image;
+    if dy.len() != m * cout
+        || wt.len() != k * cout
+        || x.len() != b * h * w * c
+        || dx.len() != x.len()
+        || dwt.len() != k * cout
+        || cols.is_some_and(|cols| cols.len() != m * k)
+    {
+        candle_core::bail!(
+            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
+            (b, h, w, c),
+            g.kernel
+        );
+    }
     if m * cout * k == 0 {
         dx.fill(MaybeUninit::new(0.0));
         dwt.fill(MaybeUninit::new(0.0));
