@@ -2,7 +2,9 @@
 //! 1. `cluster_embed` through SQL (Parquet scan, decode and ONNX Runtime inside DataFusion), in
 //!    an open session, as the two loops keep theirs (opening one is timed apart);
 //! 2. a raw ONNX Runtime loop over the same images, decoded beforehand (the engine alone),
-//!    alternating with the SQL query pass by pass so their ratio comes from back-to-back runs;
+//!    alternating with the SQL query pass by pass so their ratio comes from back-to-back runs
+//!    (and, for reference, the same loop on SQL's engine set-up: one single-threaded session
+//!    per core);
 //! 3. the Python loop a data engineer would write (`benches/python_embed.py`: pyarrow, Pillow,
 //!    numpy, onnxruntime).
 //!
@@ -81,13 +83,52 @@ fn main() -> anyhow::Result<()> {
     // The raw loop and the SQL query alternate, one pass each per repeat: the machine's speed
     // drifts over seconds to minutes (shared virtual CPUs), so their ratio is taken per repeat,
     // from passes run back to back, and the report gives the median repeat.
-    let (mut raw_times, mut sql_times, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // The SQL engine's set-up without SQL: single-threaded sessions, one per core, each thread
+    // taking every cores-th run of 256 images (as DataFusion's partitions share the batches).
+    let pooled = InferenceEngine::load(
+        &model,
+        EngineOptions {
+            intra_threads: 1,
+            max_sessions: cores,
+            batch_size: 256,
+        },
+    )?;
+    let runs: Vec<&[u8]> = batches
+        .iter()
+        .flat_map(|b| b.chunks(256 * shape.len()))
+        .collect();
+    let run_pooled = || -> anyhow::Result<()> {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..cores)
+                .map(|t| {
+                    let (pooled, runs) = (&pooled, &runs);
+                    scope.spawn(move || -> salient::Result<()> {
+                        for pixels in runs.iter().skip(t).step_by(cores) {
+                            std::hint::black_box(pooled.run(pixels)?);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a pooled ORT thread panicked"))??;
+            }
+            Ok(())
+        })
+    };
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut ratios = Vec::new();
     for repeat in 0..=repeats {
         let start = Instant::now();
         for pixels in &batches {
             std::hint::black_box(engine.run(pixels)?);
         }
         let raw_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        run_pooled()?;
+        let pooled_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();
         std::hint::black_box(shell.runtime.block_on(salient::sql::execute(
             &shell.ctx,
@@ -96,13 +137,19 @@ fn main() -> anyhow::Result<()> {
         ))?);
         let sql_seconds = start.elapsed().as_secs_f64();
         if repeat > 0 {
-            // Repeat 0 warms both up.
-            raw_times.push(raw_seconds);
-            sql_times.push(sql_seconds);
+            // Repeat 0 warms all three up.
+            for (t, seconds) in times
+                .iter_mut()
+                .zip([raw_seconds, pooled_seconds, sql_seconds])
+            {
+                t.push(seconds);
+            }
             ratios.push(raw_seconds / sql_seconds);
         }
     }
+    let [raw_times, pooled_times, sql_times] = times;
     let raw = rows as f64 / median(raw_times);
+    let pooled = rows as f64 / median(pooled_times);
     let sql = rows as f64 / median(sql_times);
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     let sql_over_raw = median(ratios);
@@ -134,6 +181,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{:<44} {:>10.0} img/s",
         "raw ORT loop (pre-decoded batches)", raw
+    );
+    println!(
+        "{:<44} {:>10.0} img/s",
+        format!("raw ORT, {cores} single-threaded sessions"),
+        pooled
     );
     println!(
         "{:<44} {:>10.0} img/s",
