@@ -135,6 +135,17 @@ impl RowBatchNorm {
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (biased_var * (m * unbiased))?)?)
     }
 
+    /// The running averages from batch statistics computed by a CPU kernel, over `n` rows.
+    fn update_running_from(&self, (mean, var): (Vec<f32>, Vec<f32>), n: usize) -> Result<()> {
+        let device = self.running_mean.device();
+        let c = mean.len();
+        self.update_running(
+            &Tensor::from_vec(mean, c, device)?,
+            &Tensor::from_vec(var, c, device)?,
+            n,
+        )
+    }
+
     /// Batch norm of (N, C) rows, then ReLU when `relu`.
     fn forward_rows(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, c) = x.dims2()?;
@@ -142,12 +153,7 @@ impl RowBatchNorm {
             // Fused kernel: one sweep per pass instead of candle's broadcast reductions.
             let (y, mean, var) =
                 batch_norm_rows_train(x, &self.weight, &self.bias, self.eps, relu)?;
-            let device = x.device();
-            self.update_running(
-                &Tensor::from_vec(mean, c, device)?,
-                &Tensor::from_vec(var, c, device)?,
-                n,
-            )?;
+            self.update_running_from((mean, var), n)?;
             return Ok(y);
         }
         let (centered, var) = if train {
@@ -233,7 +239,7 @@ fn conv_bn_rows(
 ) -> Result<(Tensor, (usize, usize, usize))> {
     let device = x.device();
     if train && device.is_cpu() && kernels_for(device)? == Kernels::Fused {
-        let (rows, dims, (mean, var)) = conv_bn_rows_train(
+        let (rows, dims, stats) = conv_bn_rows_train(
             x,
             &conv.weight,
             conv.geometry,
@@ -241,12 +247,7 @@ fn conv_bn_rows(
             bn.eps,
             relu,
         )?;
-        let (n, c) = rows.dims2()?;
-        bn.update_running(
-            &Tensor::from_vec(mean, c, device)?,
-            &Tensor::from_vec(var, c, device)?,
-            n,
-        )?;
+        bn.update_running_from(stats, rows.dim(0)?)?;
         return Ok((rows, dims));
     }
     let (rows, dims) = conv.rows(x)?;
@@ -669,9 +670,9 @@ mod tests {
         d.to_scalar::<f32>().unwrap() / scale.max(1e-2)
     }
 
-    /// The kernels the GPU runs (portable, candle) compute the same training-mode forward pass
-    /// and the same gradients as the fused CPU kernels, for both architectures. Checked here on
-    /// the CPU, where all three run.
+    /// The kernels the GPU runs (portable, candle) compute the same training-mode forward pass,
+    /// the same gradients and the same batch-norm running statistics as the fused CPU kernels,
+    /// for both architectures. Checked here on the CPU, where all three run.
     #[test]
     fn all_kernels_agree_forward_and_backward() {
         use rand::{Rng, SeedableRng};
@@ -702,8 +703,19 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
+            // Gradients, and the batch norms' running statistics after one training-mode pass
+            // from their initial values (mean 0, variance 1).
             let run = |kernels| {
                 with_kernels(kernels, || {
+                    let is_running =
+                        |n: &str| n.ends_with("running_mean") || n.ends_with("running_var");
+                    for (n, v) in varmap.data().lock().unwrap().iter() {
+                        if n.ends_with("running_mean") {
+                            v.set(&v.zeros_like().unwrap()).unwrap();
+                        } else if n.ends_with("running_var") {
+                            v.set(&v.ones_like().unwrap()).unwrap();
+                        }
+                    }
                     let y = encoder.features(&x, true).unwrap();
                     let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
                     let vars = varmap.data().lock().unwrap();
@@ -712,15 +724,39 @@ mod tests {
                         .filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.clone())))
                         .collect();
                     named.sort_by(|a, b| a.0.cmp(&b.0));
-                    (y, named)
+                    let mut running: Vec<(String, Tensor)> = vars
+                        .iter()
+                        .filter(|(n, _)| is_running(n))
+                        .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
+                        .collect();
+                    running.sort_by(|a, b| a.0.cmp(&b.0));
+                    (y, named, running)
                 })
             };
-            let (y_fused, g_fused) = run(Kernels::Fused);
+            let (y_fused, g_fused, r_fused) = run(Kernels::Fused);
             assert!(g_fused.len() > 10, "{architecture:?}: too few gradients");
+            assert!(
+                r_fused.len() >= 8,
+                "{architecture:?}: too few running statistics"
+            );
+            for (name, r) in &r_fused {
+                let moved = if name.ends_with("running_mean") {
+                    r.abs().unwrap().max_all().unwrap()
+                } else {
+                    (r - 1.0).unwrap().abs().unwrap().max_all().unwrap()
+                };
+                let moved = moved.to_scalar::<f32>().unwrap();
+                assert!(moved > 1e-6, "{architecture:?}: {name} was not updated");
+            }
             for kernels in [Kernels::Portable, Kernels::Candle] {
-                let (y, g) = run(kernels);
+                let (y, g, r) = run(kernels);
                 let d = max_rel_diff(&y, &y_fused);
                 assert!(d < 1e-4, "{architecture:?} {kernels:?} forward: {d}");
+                assert_eq!(r.len(), r_fused.len(), "{architecture:?} {kernels:?}");
+                for ((name, a), (_, b)) in r.iter().zip(&r_fused) {
+                    let d = max_rel_diff(a, b);
+                    assert!(d < 1e-4, "{architecture:?} {kernels:?} {name}: {d}");
+                }
                 assert_eq!(g.len(), g_fused.len(), "{architecture:?} {kernels:?}");
                 for ((name, a), (_, b)) in g.iter().zip(&g_fused) {
                     let d = max_rel_diff(a, b);
