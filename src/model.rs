@@ -57,6 +57,12 @@ fn kernels_for(device: &candle_core::Device) -> Result<Kernels> {
     }
 }
 
+/// Whether a training-mode pass on `device` runs the fused CPU kernels (the fused batch norm,
+/// and convolution + batch norm as one node).
+fn fused_cpu_training(device: &candle_core::Device, train: bool) -> Result<bool> {
+    Ok(train && device.is_cpu() && kernels_for(device)? == Kernels::Fused)
+}
+
 /// Which encoder architecture to build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -149,7 +155,7 @@ impl RowBatchNorm {
     /// Batch norm of (N, C) rows, then ReLU when `relu`.
     fn forward_rows(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, c) = x.dims2()?;
-        if train && x.device().is_cpu() && kernels_for(x.device())? == Kernels::Fused {
+        if fused_cpu_training(x.device(), train)? {
             // Fused kernel: one sweep per pass instead of candle's broadcast reductions.
             let (y, mean, var) =
                 batch_norm_rows_train(x, &self.weight, &self.bias, self.eps, relu)?;
@@ -237,8 +243,7 @@ fn conv_bn_rows(
     train: bool,
     relu: bool,
 ) -> Result<(Tensor, (usize, usize, usize))> {
-    let device = x.device();
-    if train && device.is_cpu() && kernels_for(device)? == Kernels::Fused {
+    if fused_cpu_training(x.device(), train)? {
         let (rows, dims, stats) = conv_bn_rows_train(
             x,
             &conv.weight,

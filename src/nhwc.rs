@@ -90,7 +90,10 @@ fn f32_contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-fn dims4(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+/// The four dimensions of a channels-last tensor (B, H, W, C).
+type Dims4 = (usize, usize, usize, usize);
+
+fn dims4(layout: &Layout, op: &str) -> Result<Dims4> {
     match layout.dims() {
         &[a, b, c, d] => Ok((a, b, c, d)),
         dims => candle_core::bail!("{op}: expected a 4-d tensor, got {dims:?}"),
@@ -167,9 +170,6 @@ impl CustomOp1 for Col2Im {
         gpu::launch("col2im_nhwc", storage, layout, out, [h, w, c, oh, ow], g)
     }
 }
-
-/// The four dimensions of a channels-last tensor (B, H, W, C).
-type Dims4 = (usize, usize, usize, usize);
 
 /// # Safety
 /// Every element of `s` must have been written.
@@ -307,11 +307,10 @@ fn col2im_add_cpu(
 }
 
 /// A row-major (m, n) matrix product `lhs · rhs` into `dst`, every element written (none read,
-/// so `dst` may be uninitialised). `lhs` is (m, k) and `rhs` (k, n), each given as (row
-/// stride, column stride) into its slice, so transposed operands need no copy. `parallel`
-/// lets gemm (the crate candle's own CPU matmul calls) split the product over the rayon
-/// threads; callers that already run one product per thread pass false.
-#[allow(clippy::too_many_arguments)]
+/// so `dst` may be uninitialised), on the calling thread: the convolution runs one product per
+/// rayon task (see [`TASK_ROWS`]). `lhs` is (m, k) and `rhs` (k, n), each given as (row
+/// stride, column stride) into its slice, so transposed operands need no copy. gemm is the
+/// crate candle's own CPU matmul calls.
 fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
     (m, n, k): (usize, usize, usize),
@@ -319,7 +318,6 @@ fn matmul_into(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
-    parallel: bool,
 ) -> Result<()> {
     // The last element each operand is read at must lie inside it: gemm takes raw pointers.
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
@@ -336,12 +334,6 @@ fn matmul_into(
             dst.len()
         );
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the bounds were checked above; dst is a distinct &mut slice of m·n elements,
     // written row-major (row stride n, column stride 1). With read_dst = false gemm never
     // reads dst (alpha is zero: every path, k = 0 included, stores without loading), so
@@ -366,10 +358,30 @@ fn matmul_into(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
     Ok(())
+}
+
+/// [`matmul_into`] a new (m, n) buffer.
+fn matmul_vec(
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[f32], (usize, usize)),
+    rhs: (&[f32], (usize, usize)),
+) -> Result<Vec<f32>> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    matmul_into(
+        &mut out.spare_capacity_mut()[..m * n],
+        (m, n, k),
+        lhs.0,
+        lhs.1,
+        rhs.0,
+        rhs.1,
+    )?;
+    // SAFETY: matmul_into wrote all m·n elements.
+    unsafe { out.set_len(m * n) };
+    Ok(out)
 }
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
@@ -419,15 +431,7 @@ fn conv_forward_cpu(
         out_tasks
             .zip(x.par_chunks(per_task * rows_per_image * k))
             .try_for_each(|(dst, xs)| {
-                matmul_into(
-                    dst,
-                    (xs.len() / k, cout, k),
-                    xs,
-                    (k, 1),
-                    wt,
-                    (cout, 1),
-                    false,
-                )
+                matmul_into(dst, (xs.len() / k, cout, k), xs, (k, 1), wt, (cout, 1))
             })?;
         None
     } else {
@@ -440,15 +444,7 @@ fn conv_forward_cpu(
                 // SAFETY: im2col_images wrote every element of task_cols.
                 let task_cols = unsafe { assume_init(task_cols) };
                 let rows = task_cols.len() / k;
-                matmul_into(
-                    dst,
-                    (rows, cout, k),
-                    task_cols,
-                    (k, 1),
-                    wt,
-                    (cout, 1),
-                    false,
-                )
+                matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))
             })?;
         // SAFETY: the tasks cover all m·k elements (B images of OH·OW rows), all written.
         unsafe { cols.set_len(m * k) };
@@ -505,19 +501,11 @@ fn conv_backward_cpu(
         .into_par_iter()
         .map(|p| {
             let rows = p * per_part..((p + 1) * per_part).min(m);
-            let mut acc: Vec<f32> = Vec::with_capacity(k * cout);
-            matmul_into(
-                &mut acc.spare_capacity_mut()[..k * cout],
+            matmul_vec(
                 (k, cout, rows.len()),
-                &cols[rows.start * k..rows.end * k],
-                (1, k),
-                &dy[rows.start * cout..rows.end * cout],
-                (cout, 1),
-                false,
-            )?;
-            // SAFETY: matmul_into wrote all k·C_out elements.
-            unsafe { acc.set_len(k * cout) };
-            Ok(acc)
+                (&cols[rows.start * k..rows.end * k], (1, k)),
+                (&dy[rows.start * cout..rows.end * cout], (cout, 1)),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     for (j, d) in dwt.iter_mut().enumerate() {
@@ -532,26 +520,57 @@ fn conv_backward_cpu(
         .try_for_each(|(dx, dy)| {
             let rows = dy.len() / cout;
             if g.is_pointwise() {
-                return matmul_into(dx, (rows, k, cout), dy, (cout, 1), wt, (1, cout), false);
+                return matmul_into(dx, (rows, k, cout), dy, (cout, 1), wt, (1, cout));
             }
-            let mut dcols: Vec<f32> = Vec::with_capacity(rows * k);
-            matmul_into(
-                &mut dcols.spare_capacity_mut()[..rows * k],
-                (rows, k, cout),
-                dy,
-                (cout, 1),
-                wt,
-                (1, cout),
-                false,
-            )?;
-            // SAFETY: matmul_into wrote all rows·k elements.
-            unsafe { dcols.set_len(rows * k) };
+            let dcols = matmul_vec((rows, k, cout), (dy, (cout, 1)), (wt, (1, cout)))?;
             dx.fill(MaybeUninit::new(0.0));
             // SAFETY: just filled.
             let dx = unsafe { assume_init_mut(dx) };
             col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx);
             Ok(())
         })
+}
+
+/// [`conv_backward_cpu`] into one flat buffer, as the backward ops return it: dX
+/// (B·H·W·C_in), dW (K·K·C_in·C_out), then `tail` (the fused node's dγ and dβ; empty for a
+/// plain convolution).
+#[allow(clippy::too_many_arguments)]
+fn conv_backward_packed(
+    dy: &[f32],
+    wt: &[f32],
+    x: &[f32],
+    dims: Dims4,
+    cout: usize,
+    g: ConvGeometry,
+    cols: Option<&[f32]>,
+    tail: &[f32],
+) -> Result<Vec<f32>> {
+    let dw_len = wt.len();
+    let len = x.len() + dw_len + tail.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
+    let (dwt, rest) = rest.split_at_mut(dw_len);
+    conv_backward_cpu(dy, wt, x, dims, cout, g, cols, dx, dwt)?;
+    for (d, &v) in rest.iter_mut().zip(tail) {
+        d.write(v);
+    }
+    // SAFETY: conv_backward_cpu wrote dx and dwt whole, the loop the tail.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// Splits [`conv_backward_packed`]'s output back into dX (B, H, W, C_in), dW (K·K·C_in,
+/// C_out) and the tail.
+fn split_conv_grads(
+    packed: &Tensor,
+    (b, h, w, c): Dims4,
+    (k, cout): (usize, usize),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (dx_len, dw_len) = (b * h * w * c, k * cout);
+    let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
+    let dwt = packed.narrow(0, dx_len, dw_len)?.reshape((k, cout))?;
+    let tail = packed.narrow(0, dx_len + dw_len, packed.dim(0)? - dx_len - dw_len)?;
+    Ok((dx, dwt, tail))
 }
 
 /// The whole CPU convolution as one autograd node: `x` (B, H, W, C_in) and `wt` (K·K·C_in, C_out)
@@ -598,8 +617,6 @@ impl CustomOp2 for ConvRowsCpu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, h, w, c) = x.dims4()?;
-        let (k, cout) = wt.dims2()?;
         let cols = if self.geometry.is_pointwise() {
             None
         } else {
@@ -616,10 +633,7 @@ impl CustomOp2 for ConvRowsCpu {
                 cols,
             },
         )?;
-        let dx = packed.narrow(0, 0, b * h * w * c)?.reshape((b, h, w, c))?;
-        let dwt = packed
-            .narrow(0, b * h * w * c, k * cout)?
-            .reshape((k, cout))?;
+        let (dx, dwt, _) = split_conv_grads(&packed, x.dims4()?, wt.dims2()?)?;
         Ok((Some(dx), Some(dwt)))
     }
 }
@@ -649,16 +663,11 @@ impl CustomOp3 for ConvRowsCpuBackward {
         let wt = f32_contiguous(s2, l2, self.name())?;
         let x = f32_contiguous(s3, l3, self.name())?;
         let (_, cout) = l1.shape().dims2()?;
-        let (k, _) = l2.shape().dims2()?;
         let dims = dims4(l3, self.name())?;
-        let dx_len = x.len();
-        let mut out: Vec<f32> = Vec::with_capacity(dx_len + k * cout);
-        let (dx, dwt) = out.spare_capacity_mut()[..dx_len + k * cout].split_at_mut(dx_len);
         let cols = self.cols.as_deref().map(|c| c.as_slice());
-        conv_backward_cpu(dy, wt, x, dims, cout, self.geometry, cols, dx, dwt)?;
-        // SAFETY: conv_backward_cpu wrote every element of dx and dwt.
-        unsafe { out.set_len(dx_len + k * cout) };
-        Ok((CpuStorage::F32(out), Shape::from(dx_len + k * cout)))
+        let out = conv_backward_packed(dy, wt, x, dims, cout, self.geometry, cols, &[])?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
@@ -1249,8 +1258,6 @@ impl CustomOp3 for ConvBnCpu {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, h, w, c) = x.dims4()?;
-        let (k, cout) = wt.dims2()?;
         let packed = grad.contiguous()?.apply_op3_no_bwd(
             &res.contiguous()?,
             &x.contiguous()?,
@@ -1261,13 +1268,9 @@ impl CustomOp3 for ConvBnCpu {
                 saved: self.saved.clone(),
             },
         )?;
-        let dx_len = b * h * w * c;
-        let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
-        let dwt = packed.narrow(0, dx_len, k * cout)?.reshape((k, cout))?;
-        let dgb = packed
-            .narrow(0, dx_len + k * cout, 2 * cout)?
-            .reshape((2, cout))?;
-        Ok((Some(dx), Some(dwt), Some(dgb)))
+        let (k, cout) = wt.dims2()?;
+        let (dx, dwt, dgb) = split_conv_grads(&packed, x.dims4()?, (k, cout))?;
+        Ok((Some(dx), Some(dwt), Some(dgb.reshape((2, cout))?)))
     }
 }
 
@@ -1305,7 +1308,6 @@ impl CustomOp3 for ConvBnCpuBackward {
         let saved = guard.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("conv-bn backward without its forward pass".into())
         })?;
-        let k = saved.wt.len() / cout.max(1);
         if saved.conv_out.len() != m * cout || y.len() != m * cout {
             candle_core::bail!("conv-bn backward: gradient does not match the forward pass");
         }
@@ -1322,27 +1324,11 @@ impl CustomOp3 for ConvBnCpuBackward {
         );
         // SAFETY: bn_backward_cpu wrote all m·C_out elements.
         unsafe { dconv.set_len(m * cout) };
-        let len = x.len() + k * cout + 2 * cout;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
-        let (dwt, tail) = rest.split_at_mut(k * cout);
+        let tail: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
         let cols = saved.cols.as_deref();
-        conv_backward_cpu(
-            &dconv,
-            &saved.wt,
-            x,
-            dims,
-            cout,
-            self.geometry,
-            cols,
-            dx,
-            dwt,
-        )?;
-        for (t, &v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
-            t.write(v);
-        }
-        // SAFETY: conv_backward_cpu wrote dx and dwt whole, the loop the 2·C_out of the tail.
-        unsafe { out.set_len(len) };
+        let out =
+            conv_backward_packed(&dconv, &saved.wt, x, dims, cout, self.geometry, cols, &tail)?;
+        let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
