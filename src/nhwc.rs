@@ -386,9 +386,9 @@ fn matmul_vec(
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
 /// single-threaded product, few enough that a task's slice of the im2col matrix (and of its
-/// gradient) is still in cache when the product reads it. On the default encoder's shapes,
-/// one product per task ran 1.1-1.4× faster than gemm splitting each whole product over
-/// both cores (session 8's probe).
+/// gradient) is still in cache when the product reads it. On the default encoder's three
+/// stride-2 layers, one product per task ran 1.0-1.4× as fast as gemm splitting each whole
+/// product over both cores (forward and dY·Wᵀ, two runs of session 8's probe).
 const TASK_ROWS: usize = 384;
 
 /// Whole images per task: about [`TASK_ROWS`] output rows, and at least one task per thread.
@@ -492,8 +492,10 @@ fn conv_backward_cpu(
         return Ok(());
     }
     // dW = colsᵀ · dY (cols is (m, k) row-major, read transposed): the rows split into one
-    // part per thread, each a single-threaded product, then the partial sums added. On the
-    // widest layer this ran about 1.8× faster than one product split by gemm (session 8).
+    // part per thread, each a single-threaded product, then the partial sums added. In session
+    // 8's probe this ran 1.9× as fast as one product split by gemm on the layer with the most
+    // rows (B·14·14) and 0.8-0.9× on the two deeper layers, where dW is a smaller share of the
+    // time; the whole blocked convolution was then measured end to end (README).
     let cols = cols.unwrap_or(x);
     let parts = rayon::current_num_threads().clamp(1, m);
     let per_part = m.div_ceil(parts);
