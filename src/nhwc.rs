@@ -571,7 +571,10 @@ fn split_conv_grads(
     let (dx_len, dw_len) = (b * h * w * c, k * cout);
     let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
     let dwt = packed.narrow(0, dx_len, dw_len)?.reshape((k, cout))?;
-    let tail = packed.narrow(0, dx_len + dw_len, packed.dim(0)? - dx_len - dw_len)?;
+    let tail_len = packed.dim(0)?.checked_sub(dx_len + dw_len).ok_or_else(|| {
+        candle_core::Error::Msg("conv backward: gradient shorter than dX and dW".into())
+    })?;
+    let tail = packed.narrow(0, dx_len + dw_len, tail_len)?;
     Ok((dx, dwt, tail))
 }
 
