@@ -389,3 +389,86 @@ fn selecting_several_fields_runs_the_model_once() {
     let physical = &text[text.find("physical_plan").unwrap()..];
     assert_eq!(physical.matches("cluster_embed(").count(), 1, "{text}");
 }
+
+/// `cluster_embed` cuts an Arrow array into the engine's batches and runs them as parallel
+/// tasks: NULL and bad rows must stay on their own rows, every output on its image, and an
+/// error must name the first bad row in row order, whichever task finishes first.
+#[test]
+fn embedding_in_parallel_batches_keeps_rows_in_place() {
+    use arrow::array::{Array, AsArray};
+    use salient::data::{decode_into, SizePolicy};
+    use salient::infer::{EngineOptions, InferenceEngine};
+    use salient::sql::{embed_array, EmbedSettings};
+
+    let f = fixture();
+    let rows = read_rows(table("target"));
+    let mut images: Vec<Option<Vec<u8>>> = rows[..20].iter().map(|r| Some(r.1.clone())).collect();
+    images[4] = None;
+    images[7] = Some(b"not an image".to_vec());
+    images[15] = Some(b"nor this".to_vec());
+    let array = image_array(&images, ImageEncoding::Binary);
+    let ids: Vec<i64> = rows[..20].iter().map(|r| r.0).collect();
+    let ids = common::ids_column(&ids);
+    let engine = |batch_size| {
+        InferenceEngine::load(
+            &f.model,
+            EngineOptions {
+                batch_size,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (small, whole) = (engine(3), engine(256));
+    let lenient = EmbedSettings {
+        null_on_bad_image: true,
+        size: SizePolicy::Exact,
+    };
+    let split = embed_array(&small, &array, Some(&ids), &lenient).unwrap();
+    let one = embed_array(&whole, &array, Some(&ids), &lenient).unwrap();
+    let nulls: Vec<usize> = (0..20).filter(|&i| split.is_null(i)).collect();
+    assert_eq!(nulls, [4, 7, 15]);
+    assert_eq!(split.nulls(), one.nulls());
+    let shape = small.manifest.input.shape;
+    let d = small.manifest.d;
+    let mut pixels = vec![0u8; shape.len()];
+    for (row, image) in images.iter().enumerate() {
+        if nulls.contains(&row) {
+            continue;
+        }
+        // Each row's outputs are its own image's, run alone.
+        decode_into(
+            image.as_ref().unwrap(),
+            shape,
+            SizePolicy::Exact,
+            &mut pixels,
+        )
+        .unwrap();
+        let alone = small.run(&pixels).unwrap();
+        let embedding = split.column(0).as_fixed_size_list().value(row);
+        let embedding = embedding.as_primitive::<arrow::datatypes::Float32Type>();
+        for j in 0..d {
+            let (got, want) = (embedding.value(j), alone.embedding[j]);
+            assert!(
+                (got - want).abs() < 1e-5,
+                "row {row} dim {j}: {got} vs {want}"
+            );
+        }
+        let cluster = split
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        assert_eq!(cluster.value(row), alone.cluster_id[0], "row {row}");
+    }
+    let strict = EmbedSettings {
+        null_on_bad_image: false,
+        ..lenient
+    };
+    for _ in 0..5 {
+        let error = embed_array(&small, &array, Some(&ids), &strict).unwrap_err();
+        assert!(
+            error.contains(&format!("row id {}:", rows[7].0))
+                && error.contains("neither PNG nor JPEG"),
+            "{error}"
+        );
+    }
+}
