@@ -107,22 +107,46 @@ pub fn cpca(
     components: usize,
     alpha: f64,
 ) -> Result<Projection, BaselineError> {
+    let mut grid = cpca_grid(target, reference, d, components, &[alpha])?;
+    Ok(grid.remove(0))
+}
+
+/// [`cpca`] for each of `alphas`, in order. The two covariances (the cost, O(n·d²) each) are
+/// computed once for the whole grid; only the eigen-decomposition is per alpha.
+pub fn cpca_grid(
+    target: &[f32],
+    reference: &[f32],
+    d: usize,
+    components: usize,
+    alphas: &[f64],
+) -> Result<Vec<Projection>, BaselineError> {
     if d == 0 {
         return Err(BaselineError::ZeroDimension);
     }
     check_input("target", target, target.len() / d, d)?;
     check_input("reference", reference, reference.len() / d, d)?;
     check_components(components, d)?;
-    if !(alpha.is_finite() && alpha >= 0.0) {
+    if let Some(&alpha) = alphas.iter().find(|a| !(a.is_finite() && **a >= 0.0)) {
         return Err(BaselineError::InvalidAlpha(alpha));
     }
     let t_mean = column_mean(target, d);
-    let r_mean = column_mean(reference, d);
-    let mut cov = covariance(target, d, &t_mean);
-    if alpha != 0.0 {
-        cov -= covariance(reference, d, &r_mean) * alpha;
-    }
-    top_eigen(cov, target, d, t_mean, components)
+    let t_cov = covariance(target, d, &t_mean);
+    let r_cov = if alphas.iter().any(|&a| a != 0.0) {
+        let r_mean = column_mean(reference, d);
+        Some(covariance(reference, d, &r_mean))
+    } else {
+        None
+    };
+    alphas
+        .iter()
+        .map(|&alpha| {
+            let cov = match &r_cov {
+                Some(r_cov) if alpha != 0.0 => &t_cov - r_cov * alpha,
+                _ => t_cov.clone(),
+            };
+            top_eigen(cov, target, d, t_mean.clone(), components)
+        })
+        .collect()
 }
 
 /// Reference whitening: the target rows in the coordinates where the *reference* (background)
@@ -498,6 +522,20 @@ mod tests {
         for (g, e) in c2.embedding.iter().zip(NUMPY_CPCA_EMBEDDING_2) {
             assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
         }
+        // The grid gives each alpha's own projection, in order.
+        let grid = cpca_grid(&t, &r, 4, 2, &[0.0, 3.0, 1.0]).unwrap();
+        assert_eq!(grid.len(), 3);
+        for (alpha, g) in [0.0, 3.0, 1.0].into_iter().zip(&grid) {
+            let alone = cpca(&t, &r, 4, 2, alpha).unwrap();
+            assert_eq!(g.eigenvalues, alone.eigenvalues, "alpha {alpha}");
+            assert_eq!(g.embedding, alone.embedding, "alpha {alpha}");
+        }
+        assert_eq!(grid[1].embedding, c2.embedding);
+        assert_ne!(grid[0].eigenvalues, grid[1].eigenvalues);
+        assert!(matches!(
+            cpca_grid(&t, &r, 4, 2, &[1.0, f64::NAN]),
+            Err(BaselineError::InvalidAlpha(_))
+        ));
     }
 
     #[test]

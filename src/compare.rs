@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::baselines::{cpca, pca, reference_whitening};
+use crate::baselines::{cpca_grid, pca, reference_whitening};
 use crate::data::{probe_table_shape, LabelRequirement, ReaderOptions, SizePolicy};
 use crate::error::{Error, Result};
 use crate::evaluate::cluster_and_score;
@@ -143,8 +143,10 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
             (Some(b), true) => job
                 .cpca_alphas
                 .iter()
-                .map(|&alpha| Ok((alpha, cpca(&x, b, d, job.components, alpha)?.embedding)))
-                .collect::<Result<_>>()?,
+                .copied()
+                .zip(cpca_grid(&x, b, d, job.components, &job.cpca_alphas)?)
+                .map(|(alpha, projection)| (alpha, projection.embedding))
+                .collect(),
             _ => Vec::new(),
         };
     let whitened = match (&b, job.methods.contains(&CompareMethod::Whiten)) {
