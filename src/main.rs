@@ -538,6 +538,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--scheduler `{scheduler}`: expected HOST:PORT"))?;
+            // `cluster_embed` runs its batches on rayon's global pool: size it to the executor's
+            // task slots, so an executor started with `--vcores N` keeps N cores busy, not all.
+            if vcores > 0 {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(vcores)
+                    .build_global()
+                    .context("sizing the thread pool to --vcores")?;
+            }
             let models = std::sync::Arc::new(salient::shell::load_models(&models)?);
             let options = salient::distributed::ExecutorOptions {
                 scheduler_host,

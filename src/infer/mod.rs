@@ -24,8 +24,8 @@ use crate::manifest::Manifest;
 /// How an engine runs its sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EngineOptions {
-    /// ORT intra-op threads per session. DataFusion already runs one stream per core, so the
-    /// default is 1; a single caller (a benchmark, `evaluate`) may want more.
+    /// ORT intra-op threads per session. `cluster_embed` already runs its batches on every core
+    /// (rayon tasks), so the default is 1; a single caller (a benchmark, `evaluate`) may want more.
     pub intra_threads: usize,
     /// The most sessions (concurrent runs) the pool creates.
     pub max_sessions: usize,
