@@ -129,6 +129,9 @@ pub fn cpca_grid(
     if let Some(&alpha) = alphas.iter().find(|a| !(a.is_finite() && **a >= 0.0)) {
         return Err(BaselineError::InvalidAlpha(alpha));
     }
+    if alphas.is_empty() {
+        return Ok(Vec::new());
+    }
     let t_mean = column_mean(target, d);
     let t_cov = covariance(target, d, &t_mean);
     let r_cov = if alphas.iter().any(|&a| a != 0.0) {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -411,9 +412,22 @@ pub fn embed_array(
             }
         }
     }
-    let batches: Vec<Result<EmbeddedRows, String>> = rows
+    // Once a batch fails, the batches after it are skipped (None): the error returned is the
+    // first in row order, and it comes from that batch or an earlier one.
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let batches: Vec<Option<Result<EmbeddedRows, String>>> = rows
         .par_chunks(engine.options.batch_size.max(1))
-        .map(|rows| embed_rows(engine, rows, settings, &row_name))
+        .enumerate()
+        .map(|(i, rows)| {
+            if i > first_failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let result = embed_rows(engine, rows, settings, &row_name);
+            if result.is_err() {
+                first_failed.fetch_min(i, Ordering::Relaxed);
+            }
+            Some(result)
+        })
         .collect();
     let mut embedding = vec![0f32; n * d];
     let mut cluster_id = vec![0i32; n];
@@ -421,7 +435,13 @@ pub fn embed_array(
     let mut valid = vec![false; n];
     let mut bad = 0usize;
     for batch in batches {
-        // The first failing batch in row order holds the first bad row.
+        // The first failing batch in row order holds the first bad row; skipped batches come
+        // only after a failed one.
+        let Some(batch) = batch else {
+            return Err(format!(
+                "{UDF_NAME}: internal: a batch was skipped but none failed"
+            ));
+        };
         let batch = batch?;
         bad += batch.bad;
         for (j, &row) in batch.rows.iter().enumerate() {

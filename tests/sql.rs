@@ -458,6 +458,25 @@ fn embedding_in_parallel_batches_keeps_rows_in_place() {
             .column(1)
             .as_primitive::<arrow::datatypes::Int32Type>();
         assert_eq!(cluster.value(row), alone.cluster_id[0], "row {row}");
+        let distance = split
+            .column(2)
+            .as_primitive::<arrow::datatypes::Float32Type>();
+        assert!(
+            (distance.value(row) - alone.distance[0]).abs() < 1e-5,
+            "row {row}"
+        );
+    }
+    // The rows' embeddings differ, so a row given another row's outputs would be caught.
+    let embeddings = split.column(0).as_fixed_size_list();
+    let first = embeddings.value(0);
+    let first = first.as_primitive::<arrow::datatypes::Float32Type>();
+    for row in [1, 2, 3, 5, 19] {
+        let other = embeddings.value(row);
+        let other = other.as_primitive::<arrow::datatypes::Float32Type>();
+        let diff: f32 = (0..d)
+            .map(|j| (first.value(j) - other.value(j)).abs())
+            .sum();
+        assert!(diff > 1e-3, "rows 0 and {row} have the same embedding");
     }
     let strict = EmbedSettings {
         null_on_bad_image: false,
