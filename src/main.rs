@@ -388,7 +388,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             DatasetsCommand::List => {
                 for name in DatasetName::value_variants() {
                     println!(
-                        "{:<18} k={:<3} {}",
+                        "{:<25} k={:<3} {}",
                         name.as_str(),
                         name.classes(),
                         name.description()

@@ -5,6 +5,11 @@
 //!   holds grass crops alone (the contrastive-analysis classic).
 //! * `fashion-textures`: Fashion-MNIST garments over crops of gravel, brick and grass photographs;
 //!   the reference set holds the textures alone.
+//! * `mnist-grass-01`, `mnist-grass-012`: the contrastive-analysis literature's protocols (digits
+//!   0 and 1, as in contrastive PCA and PCPCA; digits 0, 1 and 2, as in the contrastive VAEs).
+//! * `mnist-grass-shifted`, `fashion-textures-shifted`: the objects at random offsets on larger
+//!   (36x36) background crops, as objects move in real photographs; pixel-aligned (linear)
+//!   methods lose their footing there.
 //!
 //! Each background photo is split into two disjoint halves: target crops come from the first,
 //! reference crops from the second, so no reference pixel appears in a target image.
@@ -52,19 +57,66 @@ pub enum DatasetName {
     MnistGrass,
     /// Fashion-MNIST garments on gravel, brick and grass (Fashion-MNIST fetched from Debian).
     FashionTextures,
+    /// MNIST digits 0 and 1 on grass (the contrastive-PCA protocol; bundled).
+    #[value(name = "mnist-grass-01")]
+    #[serde(rename = "mnist-grass-01")]
+    MnistGrass01,
+    /// MNIST digits 0, 1 and 2 on grass (the contrastive-VAE protocol; bundled).
+    #[value(name = "mnist-grass-012")]
+    #[serde(rename = "mnist-grass-012")]
+    MnistGrass012,
+    /// All ten MNIST digits at random offsets on 36x36 grass crops (bundled).
+    MnistGrassShifted,
+    /// Fashion-MNIST garments at random offsets on 36x36 texture crops.
+    FashionTexturesShifted,
 }
+
+/// Side of the background crops of the shifted datasets: a 28x28 object moves by 0-8 pixels.
+const SHIFTED_CANVAS: usize = 36;
 
 impl DatasetName {
     pub fn as_str(&self) -> &'static str {
         match self {
             DatasetName::MnistGrass => "mnist-grass",
             DatasetName::FashionTextures => "fashion-textures",
+            DatasetName::MnistGrass01 => "mnist-grass-01",
+            DatasetName::MnistGrass012 => "mnist-grass-012",
+            DatasetName::MnistGrassShifted => "mnist-grass-shifted",
+            DatasetName::FashionTexturesShifted => "fashion-textures-shifted",
+        }
+    }
+
+    /// The object classes the dataset keeps (`None`: all of them).
+    fn kept_classes(&self) -> Option<&'static [u8]> {
+        match self {
+            DatasetName::MnistGrass01 => Some(&[0, 1]),
+            DatasetName::MnistGrass012 => Some(&[0, 1, 2]),
+            _ => None,
         }
     }
 
     /// Number of object classes (the k of k-means).
     pub fn classes(&self) -> usize {
-        10
+        self.kept_classes().map_or(10, <[u8]>::len)
+    }
+
+    /// Side of the square background crop the object is placed on at a random offset, when it
+    /// is larger than the object.
+    fn canvas(&self) -> Option<usize> {
+        match self {
+            DatasetName::MnistGrassShifted | DatasetName::FashionTexturesShifted => {
+                Some(SHIFTED_CANVAS)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the dataset needs Fashion-MNIST, which is fetched rather than bundled.
+    pub fn needs_fashion_mnist(&self) -> bool {
+        matches!(
+            self,
+            DatasetName::FashionTextures | DatasetName::FashionTexturesShifted
+        )
     }
 
     pub fn description(&self) -> &'static str {
@@ -74,6 +126,18 @@ impl DatasetName {
             }
             DatasetName::FashionTextures => {
                 "10,000 Fashion-MNIST test items (0.25 x item + crop of gravel/brick/grass), 10,000 texture-only references"
+            }
+            DatasetName::MnistGrass01 => {
+                "2,128 MNIST digits 0 and 1 (0.25 x digit + 28x28 grass crop), as many grass-only references"
+            }
+            DatasetName::MnistGrass012 => {
+                "3,119 MNIST digits 0, 1 and 2 (0.25 x digit + 28x28 grass crop), as many grass-only references"
+            }
+            DatasetName::MnistGrassShifted => {
+                "10,000 MNIST digits at random 0-8 px offsets (0.25 x digit + 36x36 grass crop), 10,000 grass-only references"
+            }
+            DatasetName::FashionTexturesShifted => {
+                "10,000 Fashion-MNIST test items at random 0-8 px offsets on 36x36 gravel/brick/grass crops, 10,000 texture-only references"
             }
         }
     }
@@ -121,27 +185,34 @@ pub fn build_with_rows(
     sources: &Path,
     rows: Option<usize>,
 ) -> Result<BuiltDataset> {
-    let (objects, backgrounds, object_weight) = match name {
-        DatasetName::MnistGrass => (
-            bundled_mnist()?,
-            vec![Background::from_png("grass.png", GRASS_PNG)?],
-            0.25,
-        ),
-        DatasetName::FashionTextures => (
+    let (objects, backgrounds) = if name.needs_fashion_mnist() {
+        (
             fashion_mnist(sources)?,
             vec![
                 Background::from_png("gravel.png", GRAVEL_PNG)?,
                 Background::from_png("brick.png", BRICK_PNG)?,
                 Background::from_png("grass.png", GRASS_PNG)?,
             ],
-            0.25,
-        ),
+        )
+    } else {
+        (
+            bundled_mnist()?,
+            vec![Background::from_png("grass.png", GRASS_PNG)?],
+        )
     };
+    let objects = match name.kept_classes() {
+        Some(classes) => objects.keep_classes(classes),
+        None => objects,
+    };
+    let canvas = name
+        .canvas()
+        .map_or((objects.height, objects.width), |c| (c, c));
     let recipe = Recipe {
         name,
         seed,
-        object_weight,
+        object_weight: 0.25,
         backgrounds,
+        canvas,
         reference_rows: rows.map_or(objects.count(), |r| r.min(objects.count())),
         target_rows: rows,
     };
@@ -155,8 +226,8 @@ pub fn build_with_rows(
         reference,
         target_rows,
         reference_rows,
-        height: objects.height,
-        width: objects.width,
+        height: canvas.0,
+        width: canvas.1,
         classes: name.classes(),
     })
 }
@@ -178,6 +249,26 @@ impl Objects {
     fn image(&self, i: usize) -> &[u8] {
         let n = self.height * self.width;
         &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// The objects of the given classes only, in their original order.
+    fn keep_classes(self, classes: &[u8]) -> Self {
+        let n = self.height * self.width;
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for (i, &label) in self.labels.iter().enumerate() {
+            if classes.contains(&label) {
+                pixels.extend_from_slice(&self.pixels[i * n..(i + 1) * n]);
+                labels.push(label);
+            }
+        }
+        let kept: Vec<String> = classes.iter().map(u8::to_string).collect();
+        Self {
+            pixels,
+            labels,
+            source: format!("{} (classes {} only)", self.source, kept.join(", ")),
+            ..self
+        }
     }
 }
 
@@ -248,12 +339,15 @@ impl Background {
     }
 }
 
-/// Where one image's background comes from.
+/// Where one image's background comes from, and where its object sits on it.
 #[derive(Clone, Copy, Debug)]
 struct Crop {
     background: usize,
     y: usize,
     x: usize,
+    /// Offset of the object inside the crop (zero when the crop has the object's size).
+    dy: usize,
+    dx: usize,
 }
 
 struct Recipe {
@@ -261,6 +355,8 @@ struct Recipe {
     seed: u64,
     object_weight: f32,
     backgrounds: Vec<Background>,
+    /// Size (height, width) of every image: the background crop the object is placed on.
+    canvas: (usize, usize),
     reference_rows: usize,
     /// Keep only this many target rows (after shuffling).
     target_rows: Option<usize>,
@@ -278,8 +374,10 @@ struct DatasetMetadata<'a> {
 }
 
 impl Recipe {
-    /// Draws a crop position in the first (target) or second (reference) half of a background.
-    fn crop(&self, rng: &mut ChaCha8Rng, h: usize, w: usize, reference: bool) -> Crop {
+    /// Draws a crop position in the first (target) or second (reference) half of a background,
+    /// and the offset of an `object`-sized object inside it.
+    fn crop(&self, rng: &mut ChaCha8Rng, object: (usize, usize), reference: bool) -> Crop {
+        let (h, w) = self.canvas;
         let background = rng.random_range(0..self.backgrounds.len());
         let bg = &self.backgrounds[background];
         let half = bg.height / 2;
@@ -288,15 +386,33 @@ impl Recipe {
         } else {
             (0, half)
         };
+        let y = rng.random_range(lo..=hi - h);
+        let x = rng.random_range(0..=bg.width - w);
+        let (dy, dx) = if reference {
+            (0, 0)
+        } else {
+            (
+                rng.random_range(0..=h - object.0),
+                rng.random_range(0..=w - object.1),
+            )
+        };
         Crop {
             background,
-            y: rng.random_range(lo..=hi - h),
-            x: rng.random_range(0..=bg.width - w),
+            y,
+            x,
+            dy,
+            dx,
         }
     }
 
     fn write(&self, objects: &Objects, target: &Path, reference: &Path) -> Result<(usize, usize)> {
-        let (h, w) = (objects.height, objects.width);
+        let (h, w) = self.canvas;
+        let (oh, ow) = (objects.height, objects.width);
+        if oh > h || ow > w {
+            return Err(Error::Invalid(format!(
+                "{oh}x{ow} objects do not fit on {h}x{w} crops"
+            )));
+        }
         for bg in &self.backgrounds {
             if bg.height / 2 < h || bg.width < w {
                 return Err(Error::Invalid(format!(
@@ -315,27 +431,24 @@ impl Recipe {
         }
         let target_crops: Vec<Crop> = order
             .iter()
-            .map(|_| self.crop(&mut rng, h, w, false))
+            .map(|_| self.crop(&mut rng, (oh, ow), false))
             .collect();
         let reference_crops: Vec<Crop> = (0..self.reference_rows)
-            .map(|_| self.crop(&mut rng, h, w, true))
+            .map(|_| self.crop(&mut rng, (oh, ow), true))
             .collect();
 
         let compose = |row: usize| -> Vec<u8> {
-            let crop = target_crops[row];
-            let object = objects.image(order[row]);
-            let mut out = self.background_crop(crop, h, w);
-            for (o, &v) in out.iter_mut().zip(object) {
-                *o = (*o as f32 + self.object_weight * v as f32)
-                    .round()
-                    .min(255.0) as u8;
-            }
-            out
+            self.target_image(target_crops[row], objects.image(order[row]), ow)
         };
         let labels: Vec<i64> = order.iter().map(|&i| objects.labels[i] as i64).collect();
         let backgrounds: Vec<&str> = self.backgrounds.iter().map(|b| b.name).collect();
+        let placement = if (h, w) == (oh, ow) {
+            String::new()
+        } else {
+            format!(" ({oh}x{ow} object at a uniform random offset on a {h}x{w} crop)")
+        };
         let recipe = format!(
-            "target = min(255, background crop + {} x object), crops from the first half of each background; \
+            "target = min(255, background crop + {} x object){placement}, crops from the first half of each background; \
              reference = crops from the second half",
             self.object_weight
         );
@@ -367,6 +480,21 @@ impl Recipe {
             &meta("reference"),
         )?;
         Ok((order.len(), self.reference_rows))
+    }
+
+    /// The background crop with the object (rows of `object_width` pixels) added at its offset.
+    fn target_image(&self, crop: Crop, object: &[u8], object_width: usize) -> Vec<u8> {
+        let (h, w) = self.canvas;
+        let mut out = self.background_crop(crop, h, w);
+        for (oy, object_row) in object.chunks_exact(object_width).enumerate() {
+            let start = (crop.dy + oy) * w + crop.dx;
+            for (o, &v) in out[start..start + object_width].iter_mut().zip(object_row) {
+                *o = (*o as f32 + self.object_weight * v as f32)
+                    .round()
+                    .min(255.0) as u8;
+            }
+        }
+        out
     }
 
     fn background_crop(&self, crop: Crop, h: usize, w: usize) -> Vec<u8> {
@@ -444,4 +572,79 @@ fn write_table(
         writer.close().map_err(parquet_error)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recipe on one flat background, so that every non-zero pixel is the object's.
+    fn flat_recipe(canvas: usize) -> Recipe {
+        Recipe {
+            name: DatasetName::MnistGrassShifted,
+            seed: 0,
+            object_weight: 0.25,
+            backgrounds: vec![Background {
+                name: "flat",
+                width: 64,
+                height: 128,
+                pixels: vec![0; 64 * 128],
+            }],
+            canvas: (canvas, canvas),
+            reference_rows: 0,
+            target_rows: None,
+        }
+    }
+
+    #[test]
+    fn shifted_objects_land_at_every_offset_and_nowhere_else() {
+        let recipe = flat_recipe(36);
+        let object = vec![200u8; 28 * 28];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let crop = recipe.crop(&mut rng, (28, 28), false);
+            assert!(crop.dy <= 8 && crop.dx <= 8, "{crop:?}");
+            seen.insert((crop.dy, crop.dx));
+            let image = recipe.target_image(crop, &object, 28);
+            assert_eq!(image.len(), 36 * 36);
+            for y in 0..36 {
+                for x in 0..36 {
+                    let inside = (crop.dy..crop.dy + 28).contains(&y)
+                        && (crop.dx..crop.dx + 28).contains(&x);
+                    assert_eq!(image[y * 36 + x], if inside { 50 } else { 0 }, "{crop:?}");
+                }
+            }
+        }
+        // 81 possible offsets; 2,000 draws see every one of them.
+        assert_eq!(seen.len(), 81);
+        // References are background crops alone: no offset.
+        let reference = recipe.crop(&mut rng, (28, 28), true);
+        assert_eq!((reference.dy, reference.dx), (0, 0));
+    }
+
+    #[test]
+    fn aligned_objects_cover_the_whole_crop() {
+        let recipe = flat_recipe(28);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let crop = recipe.crop(&mut rng, (28, 28), false);
+        assert_eq!((crop.dy, crop.dx), (0, 0));
+        let image = recipe.target_image(crop, &[255u8; 28 * 28], 28);
+        assert!(image.iter().all(|&v| v == 64));
+    }
+
+    #[test]
+    fn keep_classes_keeps_the_order_and_only_those_classes() {
+        let objects = Objects {
+            height: 1,
+            width: 2,
+            pixels: vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4],
+            labels: vec![0, 1, 2, 1, 0],
+            source: "test".into(),
+        };
+        let kept = objects.keep_classes(&[0, 2]);
+        assert_eq!(kept.labels, vec![0, 2, 0]);
+        assert_eq!(kept.pixels, vec![0, 0, 2, 2, 4, 4]);
+        assert!(kept.source.contains("classes 0, 2 only"));
+    }
 }
