@@ -152,6 +152,30 @@ pub fn cpca_grid(
         .collect()
 }
 
+/// The symmetric (ZCA) reference-whitening matrix `V diag((λ + ε)^(-1/2)) Vᵀ` of the reference
+/// rows' covariance `Σ_b = V diag(λ) Vᵀ`, `ε = shrinkage × mean(λ)` (see [`reference_whitening`]).
+pub fn reference_whitening_matrix(
+    reference: &[f32],
+    d: usize,
+    shrinkage: f64,
+) -> Result<DMatrix<f64>, BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input("reference", reference, reference.len() / d, d)?;
+    if !(shrinkage.is_finite() && shrinkage > 0.0) {
+        return Err(BaselineError::InvalidAlpha(shrinkage));
+    }
+    let cov = covariance(reference, d, &column_mean(reference, d));
+    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d.max(10))
+        .ok_or(BaselineError::EigenFailed)?;
+    let mean_eigenvalue = eig.eigenvalues.iter().map(|&l| l.max(0.0)).sum::<f64>() / d as f64;
+    let eps = (shrinkage * mean_eigenvalue).max(f64::MIN_POSITIVE);
+    let scales = eig.eigenvalues.map(|l| 1.0 / (l.max(0.0) + eps).sqrt());
+    let v = &eig.eigenvectors;
+    Ok(v * DMatrix::from_diagonal(&scales) * v.transpose())
+}
+
 /// Reference whitening: the target rows in the coordinates where the *reference* (background)
 /// covariance is the identity, `z = diag((λ + ε)^(-1/2)) Vᵀ (x − μ_b)` with `Σ_b = V diag(λ) Vᵀ`,
 /// then each row L2-normalised. Directions the backgrounds vary in are shrunk; directions they

@@ -61,10 +61,13 @@ pub struct Summary {
     pub ari_std: f64,
     pub n: usize,
     pub seeds: usize,
+    /// Mean wall-clock seconds per seed: fitting (projection or training) plus k-means. A
+    /// linear projection is fitted once for all seeds; its time counts in every seed's.
+    pub seconds: f64,
 }
 
 impl Summary {
-    pub fn of(runs: &[ClusterScores]) -> Self {
+    pub fn of(runs: &[ClusterScores], seconds: &[f64]) -> Self {
         let stat = |f: fn(&ClusterScores) -> f64| {
             let n = runs.len().max(1) as f64;
             let mean = runs.iter().map(f).sum::<f64>() / n;
@@ -83,6 +86,7 @@ impl Summary {
             ari_std,
             n: runs.first().map_or(0, |r| r.n),
             seeds: runs.len(),
+            seconds: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
         }
     }
 }
@@ -128,16 +132,20 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
     let x = to_floats(&target);
     // cPCA and whitening share the reference pixels: convert them once.
     let b = reference.as_ref().map(to_floats);
-    let mut runs: Vec<(String, Vec<ClusterScores>)> = Vec::new();
+    let mut runs: Vec<(String, Vec<ClusterScores>, Vec<f64>)> = Vec::new();
     let restarts = job.train.kmeans_restarts;
     let k = job.clusters;
 
     // Linear projections do not depend on the seed; only k-means does.
+    let timed = std::time::Instant::now;
+    let started = timed();
     let pca_embedding = if job.methods.contains(&CompareMethod::Pca) {
         Some(pca(&x, target.len(), d, job.components)?.embedding)
     } else {
         None
     };
+    let pca_seconds = started.elapsed().as_secs_f64();
+    let started = timed();
     let cpca_embeddings: Vec<(f64, Vec<f32>)> =
         match (&b, job.methods.contains(&CompareMethod::Cpca)) {
             (Some(b), true) => job
@@ -149,38 +157,55 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                 .collect(),
             _ => Vec::new(),
         };
+    // One grid fits every alpha: each row is charged the grid's time over its size.
+    let cpca_seconds = started.elapsed().as_secs_f64() / job.cpca_alphas.len().max(1) as f64;
+    let started = timed();
     let whitened = match (&b, job.methods.contains(&CompareMethod::Whiten)) {
         (Some(b), true) => Some(reference_whitening(&x, b, d, WHITENING_SHRINKAGE)?),
         _ => None,
     };
+    let whiten_seconds = started.elapsed().as_secs_f64();
     // The projections are done: free the reference pixels before IDFD / cIDFD train.
     drop((b, reference));
 
     for seed in 0..job.seeds as u64 {
         for method in &job.methods {
+            let started = timed();
+            let took = |fit: f64| fit + started.elapsed().as_secs_f64();
             match method {
                 CompareMethod::Raw => {
                     let (_, s) = cluster_and_score(&x, d, Some(&labels), k, restarts, seed)?;
-                    push(&mut runs, "raw", s);
+                    push(&mut runs, "raw", s, took(0.0));
                 }
                 CompareMethod::Pca => {
                     if let Some(e) = &pca_embedding {
                         let (_, s) =
                             cluster_and_score(e, job.components, Some(&labels), k, restarts, seed)?;
-                        push(&mut runs, &format!("pca({})", job.components), s);
+                        push(
+                            &mut runs,
+                            &format!("pca({})", job.components),
+                            s,
+                            took(pca_seconds),
+                        );
                     }
                 }
                 CompareMethod::Cpca => {
                     for (alpha, e) in &cpca_embeddings {
+                        let started = timed();
                         let (_, s) =
                             cluster_and_score(e, job.components, Some(&labels), k, restarts, seed)?;
-                        push(&mut runs, &format!("cpca({},a={alpha})", job.components), s);
+                        push(
+                            &mut runs,
+                            &format!("cpca({},a={alpha})", job.components),
+                            s,
+                            cpca_seconds + started.elapsed().as_secs_f64(),
+                        );
                     }
                 }
                 CompareMethod::Whiten => {
                     if let Some(z) = &whitened {
                         let (_, s) = cluster_and_score(z, d, Some(&labels), k, restarts, seed)?;
-                        push(&mut runs, "whiten(ref)", s);
+                        push(&mut runs, "whiten(ref)", s, took(whiten_seconds));
                     }
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {
@@ -197,6 +222,18 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         },
                         seed,
                         clusters: Some(k),
+                        // IDFD reads no reference set: no reference whitening, and no
+                        // neighbours found in reference-whitened pixels.
+                        whitening_kernel: if *method == CompareMethod::Idfd {
+                            0
+                        } else {
+                            job.train.whitening_kernel
+                        },
+                        neighbour_positives: if *method == CompareMethod::Idfd {
+                            0
+                        } else {
+                            job.train.neighbour_positives
+                        },
                         ..job.train.clone()
                     };
                     let train = TrainJob {
@@ -213,22 +250,30 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     let s = report.metrics.ok_or_else(|| {
                         Error::Invalid("internal: training on labelled data gave no metrics".into())
                     })?;
-                    push(&mut runs, method_name, Some(s));
+                    push(&mut runs, method_name, Some(s), took(0.0));
                 }
             }
         }
     }
     Ok(runs
         .into_iter()
-        .map(|(name, r)| (name, Summary::of(&r)))
+        .map(|(name, r, seconds)| (name, Summary::of(&r, &seconds)))
         .collect())
 }
 
-fn push(runs: &mut Vec<(String, Vec<ClusterScores>)>, name: &str, scores: Option<ClusterScores>) {
+fn push(
+    runs: &mut Vec<(String, Vec<ClusterScores>, Vec<f64>)>,
+    name: &str,
+    scores: Option<ClusterScores>,
+    seconds: f64,
+) {
     let Some(s) = scores else { return };
-    match runs.iter_mut().find(|(n, _)| n == name) {
-        Some((_, list)) => list.push(s),
-        None => runs.push((name.to_string(), vec![s])),
+    match runs.iter_mut().find(|(n, _, _)| n == name) {
+        Some((_, list, times)) => {
+            list.push(s);
+            times.push(seconds);
+        }
+        None => runs.push((name.to_string(), vec![s], vec![seconds])),
     }
 }
 
@@ -244,13 +289,13 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
 /// The comparison as a text table.
 pub fn format_table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<22} {:>15} {:>15} {:>15} {:>6} {:>5}\n",
-        "method", "ACC", "NMI", "ARI", "n", "seeds"
+        "{:<22} {:>15} {:>15} {:>15} {:>6} {:>5} {:>9}\n",
+        "method", "ACC", "NMI", "ARI", "n", "seeds", "seconds"
     );
     for (name, s) in rows {
         out.push_str(&format!(
-            "{:<22} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>6} {:>5}\n",
-            name, s.acc, s.acc_std, s.nmi, s.nmi_std, s.ari, s.ari_std, s.n, s.seeds
+            "{:<22} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>8.4}±{:.4} {:>6} {:>5} {:>9.1}\n",
+            name, s.acc, s.acc_std, s.nmi, s.nmi_std, s.ari, s.ari_std, s.n, s.seeds, s.seconds
         ));
     }
     out

@@ -8,6 +8,7 @@
 //! * [`train`]: cIDFD training (augmentation, losses, memory banks, optimiser, the loop);
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
 //! * [`baselines`]: PCA and contrastive PCA;
+//! * [`whitening`]: reference whitening as a fixed convolution (the salient encoder's first layer);
 //! * [`export`]: the ONNX graph of a trained model (preprocessing, encoder, k-means head);
 //! * [`infer`]: ONNX Runtime: finding the library, sessions pooled per model;
 //! * [`etl`]: `salient embed`, Parquet in and Parquet out through DataFusion;
@@ -43,5 +44,6 @@ pub mod quickstart;
 pub mod shell;
 pub mod sql;
 pub mod train;
+pub mod whitening;
 
 pub use error::{Error, Result};

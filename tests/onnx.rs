@@ -15,8 +15,8 @@ use salient::model::TrainedModel;
 
 /// A small model trained for one epoch on 256 real mnist-grass images (train exports it), and
 /// its target table.
-fn trained(dir: &Path, architecture: Architecture, head_norm: bool) -> (PathBuf, PathBuf) {
-    let (model, data) = common::tiny_model(dir, architecture, head_norm, 256);
+fn trained(dir: &Path, config: salient::train::TrainConfig) -> (PathBuf, PathBuf) {
+    let (model, data) = common::tiny_model_with(dir, 256, config);
     (model, data.target)
 }
 
@@ -47,13 +47,16 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn parity(architecture: Architecture, head_norm: bool) {
+fn parity(config: salient::train::TrainConfig) {
+    let architecture = config.architecture;
+    let whitening = config.whitening_kernel > 0;
     let dir = tempfile::tempdir().unwrap();
-    let (model_dir, target) = trained(dir.path(), architecture, head_norm);
+    let (model_dir, target) = trained(dir.path(), config);
     let manifest = Manifest::read(&model_dir).unwrap();
     assert_eq!(manifest.id.len(), 64, "train exports and records the id");
 
     let candle = TrainedModel::load(&model_dir).unwrap();
+    assert_eq!(candle.encoder.input_filter().is_some(), whitening);
     let pixels = pixels(&target, &candle);
     assert_eq!(pixels.len(), 256 * 28 * 28);
     let want = candle.embed(&pixels).unwrap();
@@ -117,12 +120,24 @@ fn parity(architecture: Architecture, head_norm: bool) {
 
 #[test]
 fn small_cnn_candle_and_onnx_runtime_agree_on_256_real_images() {
-    parity(Architecture::SmallCnn, false);
+    parity(common::tiny_config());
 }
 
 #[test]
 fn resnet18_with_head_norm_candle_and_onnx_runtime_agree() {
-    parity(Architecture::Resnet18, true);
+    parity(salient::train::TrainConfig {
+        architecture: Architecture::Resnet18,
+        head_norm: true,
+        ..common::tiny_config()
+    });
+}
+
+#[test]
+fn the_reference_whitening_layer_runs_the_same_in_onnx_runtime() {
+    parity(salient::train::TrainConfig {
+        whitening_kernel: 7,
+        ..common::tiny_config()
+    });
 }
 
 fn load_error(dir: &Path) -> String {
@@ -134,7 +149,7 @@ fn load_error(dir: &Path) -> String {
 #[test]
 fn corrupted_missing_or_mismatched_models_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (model_dir, _) = trained(dir.path(), Architecture::SmallCnn, false);
+    let (model_dir, _) = trained(dir.path(), common::tiny_config());
     let onnx = model_dir.join(ONNX_FILE);
     let good = std::fs::read(&onnx).unwrap();
 
@@ -176,7 +191,7 @@ fn corrupted_missing_or_mismatched_models_are_refused() {
 #[test]
 fn the_session_pool_grows_to_the_callers_and_gives_identical_results() {
     let dir = tempfile::tempdir().unwrap();
-    let (model_dir, target) = trained(dir.path(), Architecture::SmallCnn, false);
+    let (model_dir, target) = trained(dir.path(), common::tiny_config());
     let candle = TrainedModel::load(&model_dir).unwrap();
     let pixels = pixels(&target, &candle);
     let engine = InferenceEngine::load(

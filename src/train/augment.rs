@@ -26,6 +26,10 @@ pub struct AugmentConfig {
     /// Applies to target images only, and only where a reference set is given.
     pub overlay_p: f32,
     pub overlay_strength: (f32, f32),
+    /// Random translation of the (cropped) view by up to this many pixels in each direction,
+    /// with the border pixels repeated: small moves that never cut an object away, unlike
+    /// small crops.
+    pub translate: u32,
 }
 
 impl Default for AugmentConfig {
@@ -39,6 +43,7 @@ impl Default for AugmentConfig {
             grayscale_p: 0.2,
             overlay_p: 0.0,
             overlay_strength: (0.5, 1.0),
+            translate: 0,
         }
     }
 }
@@ -55,6 +60,7 @@ impl AugmentConfig {
             grayscale_p: 0.0,
             overlay_p: 0.0,
             overlay_strength: (0.0, 0.0),
+            translate: 0,
         }
     }
 }
@@ -172,7 +178,13 @@ fn augment_one(
     dst: &mut [f32],
 ) {
     let (h, w) = (shape.height, shape.width);
-    let (top, left, ch, cw) = random_crop(h, w, config, rng);
+    let (mut top, mut left, ch, cw) = random_crop(h, w, config, rng);
+    if config.translate > 0 {
+        // In source pixels, scaled by the crop: the view moves by up to `translate` pixels.
+        let t = config.translate as i64;
+        top += rng.random_range(-t..=t) as f32 * ch / h as f32;
+        left += rng.random_range(-t..=t) as f32 * cw / w as f32;
+    }
     let plane = h * w;
     for c in 0..shape.channels {
         resize_bilinear(
@@ -330,6 +342,37 @@ mod tests {
         // Two images of one batch get different crops.
         assert_ne!(a[..64], a[64..]);
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn translation_moves_the_image_by_whole_pixels_and_repeats_the_border() {
+        // One bright pixel in the middle of a dark 8x8 image.
+        let mut img = vec![0u8; 64];
+        img[4 * 8 + 4] = 255;
+        let norm = Normalization {
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let cfg = AugmentConfig {
+            translate: 2,
+            ..AugmentConfig::none()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for stream in 0..200 {
+            let out = augment_batch(&[&img], shape(), &cfg, &norm, 5, stream);
+            // Still exactly one bright pixel: whole-pixel moves, nothing blurred or lost.
+            let bright: Vec<usize> = (0..64).filter(|&i| out[i] > 0.5).collect();
+            assert_eq!(bright.len(), 1, "{out:?}");
+            assert!((out[bright[0]] - 1.0).abs() < 1e-6);
+            let (y, x) = (bright[0] / 8, bright[0] % 8);
+            assert!((2..=6).contains(&y) && (2..=6).contains(&x), "({y}, {x})");
+            seen.insert((y, x));
+        }
+        // Every offset in [-2, 2]^2 occurs.
+        assert_eq!(seen.len(), 25);
+        // Without translation the same settings leave the image where it was.
+        let still = augment_batch(&[&img], shape(), &AugmentConfig::none(), &norm, 5, 0);
+        assert!((still[4 * 8 + 4] - 1.0).abs() < 1e-6);
     }
 
     #[test]

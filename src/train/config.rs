@@ -74,6 +74,15 @@ pub struct TrainConfig {
     pub two_view_weight: f64,
     /// Temperature of the two-view contrast.
     pub two_view_tau: f64,
+    /// Pair each target image, in the two-view contrast, with a view of one of its K nearest
+    /// neighbours in the reference-whitened pixel space instead of a second view of itself
+    /// (0: off). Neighbours share the object more often than not, but never the background.
+    pub neighbour_positives: usize,
+    /// Principal components of the whitened pixels the neighbours are found in.
+    pub neighbour_components: usize,
+    /// Every this many epochs, find the neighbours again in the salient memory bank instead
+    /// (0: keep the whitened-pixel neighbours).
+    pub neighbour_refresh_every: usize,
     /// One softmax over a joint bank of target and reference rows (reference rows have a zero
     /// salient part) instead of separate banks.
     pub joint_bank: bool,
@@ -81,6 +90,13 @@ pub struct TrainConfig {
     pub fd_background: bool,
     pub bank_momentum: f64,
     pub bank_init: BankInit,
+    /// Reference whitening as the salient encoder's fixed first layer: the side of the
+    /// depthwise kernel fitted to the reference images' power spectrum (odd; 0: off). cIDFD
+    /// only (IDFD reads no reference set).
+    pub whitening_kernel: usize,
+    /// ε of the whitening filter as a fraction of the mean reference power: larger keeps more
+    /// of the frequencies the backgrounds are strong in.
+    pub whitening_shrinkage: f64,
     pub augment: AugmentConfig,
     /// k of k-means; default: the number of distinct labels if present, else 10.
     pub clusters: Option<usize>,
@@ -118,10 +134,15 @@ impl Default for TrainConfig {
             gamma_xcov: 0.0,
             two_view_weight: 0.0,
             two_view_tau: 0.5,
+            neighbour_positives: 0,
+            neighbour_components: 64,
+            neighbour_refresh_every: 0,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,
             bank_init: BankInit::Random,
+            whitening_kernel: 0,
+            whitening_shrinkage: 1.0,
             augment: AugmentConfig::default(),
             clusters: None,
             kmeans_restarts: 20,
@@ -178,6 +199,18 @@ impl TrainConfig {
         }
         if self.lr.is_nan() || self.lr <= 0.0 {
             return bad("lr must be positive");
+        }
+        if self.neighbour_positives > 0 && self.two_view_weight <= 0.0 {
+            return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
+        }
+        if self.neighbour_positives > 0 && self.neighbour_components == 0 {
+            return bad("neighbour_components must be positive");
+        }
+        if self.whitening_kernel.is_multiple_of(2) && self.whitening_kernel != 0 {
+            return bad("whitening_kernel must be odd (or 0 for no whitening)");
+        }
+        if !(self.whitening_shrinkage.is_finite() && self.whitening_shrinkage > 0.0) {
+            return bad("whitening_shrinkage must be positive");
         }
         Ok(())
     }

@@ -117,6 +117,54 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         reference.as_ref().map_or(0, ImageSet::len),
         job.device.clone(),
     )?;
+    if config.whitening_kernel > 0 {
+        // Deterministic in the reference set, so a resumed run fits the same filter again.
+        let reference = reference.as_ref().filter(|_| config.uses_reference()).ok_or_else(|| {
+            Error::Invalid(
+                "whitening_kernel needs a reference table and method cidfd (IDFD reads no reference set)"
+                    .into(),
+            )
+        })?;
+        let filter = crate::whitening::WhiteningFilter::fit(
+            &reference.pixels,
+            shape,
+            &norm,
+            config.whitening_kernel,
+            config.whitening_shrinkage,
+        )?;
+        tracing::info!(
+            size = filter.size,
+            shrinkage = config.whitening_shrinkage,
+            "fitted the reference-whitening filter"
+        );
+        trainer
+            .salient
+            .set_input_filter(&filter, &job.device)
+            .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
+    }
+    if config.neighbour_positives > 0 {
+        let reference = reference.as_ref().filter(|_| config.uses_reference()).ok_or_else(|| {
+            Error::Invalid(
+                "neighbour_positives needs a reference table and method cidfd (the neighbours are found in reference-whitened pixels)"
+                    .into(),
+            )
+        })?;
+        let neighbours = super::neighbours::Neighbours::in_whitened_pixels(
+            &target,
+            reference,
+            config.neighbour_positives,
+            config.neighbour_components,
+        )?;
+        match target.complete_labels() {
+            Some(labels) => tracing::info!(
+                k = neighbours.k(),
+                purity = neighbours.purity(&labels),
+                "found the neighbour positives (purity: share of neighbours with the image's label, a diagnostic)"
+            ),
+            None => tracing::info!(k = neighbours.k(), "found the neighbour positives"),
+        }
+        trainer.set_neighbours(neighbours);
+    }
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
     let checkpoint = job.out.join(CHECKPOINT_FILE);
     let log_path = job.out.join(TRAINING_LOG_FILE);
@@ -140,6 +188,22 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let mut images_per_second = 0.0;
     while trainer.epoch < config.epochs {
         let epoch = trainer.epoch + 1;
+        let every = config.neighbour_refresh_every;
+        if every > 0 && trainer.epoch > 0 && trainer.epoch % every == 0 {
+            if let Some(neighbours) = trainer.refresh_neighbours_from_bank()? {
+                match &labels {
+                    Some(labels) => tracing::info!(
+                        epoch,
+                        purity = neighbours.purity(labels),
+                        "found the neighbour positives again in the salient bank"
+                    ),
+                    None => tracing::info!(
+                        epoch,
+                        "found the neighbour positives again in the salient bank"
+                    ),
+                }
+            }
+        }
         let last = trainer.train_epoch(&target, reference.as_ref(), |step, steps, stats| {
             if let Some(bar) = &bar {
                 bar.set_position(((epoch - 1) * steps + step + 1) as u64);

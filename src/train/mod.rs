@@ -11,6 +11,7 @@ pub mod bank;
 pub mod config;
 pub mod job;
 pub mod loss;
+pub mod neighbours;
 pub mod optim;
 
 use std::time::Instant;
@@ -162,6 +163,9 @@ pub struct Trainer {
     bank_zt: Option<MemoryBank>,
     bank_zb: Option<MemoryBank>,
     optim: Sgd,
+    /// Positives for the two-view contrast drawn from each image's neighbours (knob
+    /// `neighbour_positives`); `None`: the second view is of the image itself.
+    neighbours: Option<neighbours::Neighbours>,
     /// Epochs completed.
     pub epoch: usize,
 }
@@ -253,8 +257,29 @@ impl Trainer {
             bank_zt,
             bank_zb,
             optim,
+            neighbours: None,
             epoch: 0,
         })
+    }
+
+    /// Makes the two-view contrast pair each image with a view of one of its neighbours.
+    pub fn set_neighbours(&mut self, neighbours: neighbours::Neighbours) {
+        self.neighbours = Some(neighbours);
+    }
+
+    /// Finds the neighbour positives again, in the salient memory bank (the running salient
+    /// embeddings of the augmented target images): once the encoder has learned the objects,
+    /// its own neighbours are better than those of the whitened pixels. Returns the new
+    /// neighbours, or `None` when the run uses none.
+    pub fn refresh_neighbours_from_bank(&mut self) -> Result<Option<&neighbours::Neighbours>> {
+        let Some(current) = &self.neighbours else {
+            return Ok(None);
+        };
+        let rows = self.bank_s.rows().to_device(&Device::Cpu)?;
+        let d = rows.dim(1)?;
+        let rows: Vec<f32> = rows.flatten_all()?.to_vec1()?;
+        self.neighbours = Some(neighbours::Neighbours::of_rows(&rows, d, current.k())?);
+        Ok(self.neighbours.as_ref())
     }
 
     fn batch_tensor(
@@ -469,8 +494,19 @@ impl Trainer {
             let shifted: Option<Vec<&[u8]>> = overlays
                 .as_ref()
                 .map(|o| (0..o.len()).map(|i| o[(i + 1) % o.len()]).collect());
+            let partners: Vec<&[u8]> = match &self.neighbours {
+                Some(nb) => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(
+                        cfg.seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
+                    );
+                    idx.iter()
+                        .map(|&i| target.image(nb.pick(i, &mut rng)))
+                        .collect()
+                }
+                None => images.clone(),
+            };
             let xt2 = self.batch_tensor_with_overlays(
-                &images,
+                &partners,
                 shifted.as_deref(),
                 &cfg.augment,
                 stream.wrapping_mul(2).wrapping_add(1 << 62),
@@ -670,16 +706,21 @@ impl Trainer {
         Ok(())
     }
 
-    /// The model's parameters (both encoders, batch-norm statistics included).
+    /// The model's parameters (both encoders, batch-norm statistics included) and the salient
+    /// encoder's fixed input filter, when it has one.
     pub fn parameters(&self) -> Result<std::collections::HashMap<String, Tensor>> {
-        Ok(self
+        let mut tensors: std::collections::HashMap<String, Tensor> = self
             .varmap
             .data()
             .lock()
             .map_err(|_| Error::Invalid("internal: variable map poisoned".into()))?
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect())
+            .collect();
+        if let Some(filter) = self.salient.input_filter() {
+            tensors.insert(crate::model::INPUT_FILTER_TENSOR.into(), filter.clone());
+        }
+        Ok(tensors)
     }
 }
 
@@ -758,5 +799,48 @@ mod tests {
         let e = trainer.embed_with(&trainer.salient, &set, 4).unwrap();
         assert_eq!(e.dims(), [n, 8]);
         assert!(!e.track_op(), "embeddings still reference the forward pass");
+    }
+
+    #[test]
+    fn neighbours_are_found_again_in_the_salient_bank() {
+        let shape = ImageShape::new(1, 12, 12);
+        let n = 8;
+        let pixels: Vec<u8> = (0..n * shape.len()).map(|i| (i * 13 % 251) as u8).collect();
+        let config = TrainConfig {
+            batch_size: 4,
+            dim_salient: 8,
+            dim_background: 8,
+            width: Some(4),
+            two_view_weight: 1.0,
+            neighbour_positives: 2,
+            ..Default::default()
+        };
+        let norm = Normalization::fit(&pixels, shape);
+        let mut trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
+        // Without neighbour positives there is nothing to refresh.
+        assert!(trainer.refresh_neighbours_from_bank().unwrap().is_none());
+        // Start from the neighbours of other rows (points on a circle).
+        let start: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let a = i as f32;
+                [a.cos(), a.sin()]
+            })
+            .collect();
+        trainer.set_neighbours(neighbours::Neighbours::of_rows(&start, 2, 2).unwrap());
+        let bank: Vec<f32> = trainer
+            .bank_s
+            .rows()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = neighbours::Neighbours::of_rows(&bank, 8, 2).unwrap();
+        let got = trainer
+            .refresh_neighbours_from_bank()
+            .unwrap()
+            .unwrap()
+            .clone();
+        assert_eq!(got, want);
+        assert_eq!(got.k(), 2);
     }
 }

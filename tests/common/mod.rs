@@ -157,6 +157,36 @@ pub fn tiny_model(
     head_norm: bool,
     rows: usize,
 ) -> (std::path::PathBuf, salient::datasets::BuiltDataset) {
+    tiny_model_with(
+        dir,
+        rows,
+        salient::train::TrainConfig {
+            architecture,
+            head_norm,
+            ..tiny_config()
+        },
+    )
+}
+
+/// The settings of [`tiny_model`]: one epoch of a narrow encoder, d = 16.
+pub fn tiny_config() -> salient::train::TrainConfig {
+    salient::train::TrainConfig {
+        width: Some(8),
+        epochs: 1,
+        batch_size: 64,
+        dim_salient: 16,
+        dim_background: 16,
+        kmeans_restarts: 2,
+        ..Default::default()
+    }
+}
+
+/// A model trained with `config` on `rows` real mnist-grass images (train exports it).
+pub fn tiny_model_with(
+    dir: &Path,
+    rows: usize,
+    config: salient::train::TrainConfig,
+) -> (std::path::PathBuf, salient::datasets::BuiltDataset) {
     use salient::datasets::{self, DatasetName};
     let data = datasets::build_with_rows(
         DatasetName::MnistGrass,
@@ -166,17 +196,6 @@ pub fn tiny_model(
         Some(rows),
     )
     .unwrap();
-    let config = salient::train::TrainConfig {
-        architecture,
-        width: Some(8),
-        head_norm,
-        epochs: 1,
-        batch_size: 64,
-        dim_salient: 16,
-        dim_background: 16,
-        kmeans_restarts: 2,
-        ..Default::default()
-    };
     let out = dir.join("model");
     salient::train::job::run(&salient::train::job::TrainJob {
         target: data.target.to_string_lossy().into_owned(),
