@@ -125,12 +125,39 @@ fn a_pipeline_without_data_or_with_unknown_keys_is_refused() {
 
 #[test]
 fn the_shipped_pipelines_parse() {
+    let mut parsed = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            parsed += 1;
         }
     }
+    // The README promises these jobs; an empty or renamed directory must not pass silently.
+    assert!(parsed >= 2, "only {parsed} pipelines in pipelines/");
+}
+
+#[test]
+fn the_shipped_training_configs_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/configs");
+    let mut parsed = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = salient::train::TrainConfig::from_toml_file(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            parsed.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    parsed.sort();
+    assert!(parsed.contains(&"paper.toml".to_string()), "{parsed:?}");
+    assert!(
+        parsed.contains(&"quickstart.toml".to_string()),
+        "{parsed:?}"
+    );
 }
 
 #[test]

@@ -54,7 +54,9 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
     assert_eq!((report.k, report.d), (10, 16));
     let metrics = report.metrics.expect("labelled target gives metrics");
     assert_eq!(metrics.n, 256);
-    assert!((0.0..=1.0).contains(&metrics.acc) && metrics.acc >= 0.1);
+    assert!((0.0..=1.0).contains(&metrics.acc), "{metrics:?}");
+    // A model whose k-means put every image in one cluster has NMI 0: the clustering is real.
+    assert!(metrics.nmi > 0.0 && metrics.nmi <= 1.0, "{metrics:?}");
 
     let model = dir.path().join("model");
     for file in [
