@@ -98,7 +98,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         .filter(|(method, _)| method != "raw")
         .max_by(|a, b| a.1.acc.total_cmp(&b.1.acc));
     println!(
-        "    {:<32} {:>6} {:>6} {:>6}",
+        "    {:<36} {:>6} {:>6} {:>6}",
         format!("{name}, k = {k}"),
         "ACC",
         "NMI",
@@ -110,7 +110,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     ] {
         if let Some((method, s)) = summary {
             println!(
-                "    {:<32} {:>6.3} {:>6.3} {:>6.3}",
+                "    {:<36} {:>6.3} {:>6.3} {:>6.3}",
                 format!("{label} ({method})"),
                 s.acc,
                 s.nmi,
@@ -119,7 +119,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         }
     }
     println!(
-        "    {:<32} {:>6.3} {:>6.3} {:>6.3}",
+        "    {:<36} {:>6.3} {:>6.3} {:>6.3}",
         "cIDFD (clusters from SQL)", scores.acc, scores.nmi, scores.ari
     );
     println!("outputs:");
