@@ -55,4 +55,4 @@ done
 
 python3 -m pip install --quiet --disable-pip-version-check matplotlib
 python3 benches/quality_table.py --work "$work" --docs "$docs" --datasets $datasets \
-    --command "bash benches/quality.sh${DATASETS:+ (DATASETS=\"$DATASETS\")}${METHODS:+ (METHODS=$METHODS)}${CONFIG:+ (CONFIG=$CONFIG)}${EPOCHS:+ (EPOCHS=$EPOCHS)} (SEEDS=$seeds)"
+    --command "\`bash benches/quality.sh${DATASETS:+ (DATASETS=\"$DATASETS\")}${METHODS:+ (METHODS=$METHODS)}${CONFIG:+ (CONFIG=$CONFIG)}${EPOCHS:+ (EPOCHS=$EPOCHS)} (SEEDS=$seeds)\`"
