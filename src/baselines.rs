@@ -8,7 +8,7 @@
 //! which makes results reproducible across runs and comparable with
 //! scikit-learn's `svd_flip` convention.
 
-use nalgebra::{DMatrix, SymmetricEigen};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 
 /// Rows converted to `f64` at a time inside one covariance partition.
@@ -152,6 +152,37 @@ pub fn cpca_grid(
         .collect()
 }
 
+/// The eigenvectors `V` of the reference rows' covariance `Σ_b = V diag(λ) Vᵀ`, the whitening
+/// scale `(λ + ε)^(-1/2)` of each (`ε = shrinkage × mean(λ)`), and the rows' mean. Both forms of
+/// reference whitening are built from it.
+struct WhiteningBasis {
+    mean: Vec<f64>,
+    vectors: DMatrix<f64>,
+    scales: DVector<f64>,
+}
+
+fn whitening_basis(
+    reference: &[f32],
+    d: usize,
+    shrinkage: f64,
+) -> Result<WhiteningBasis, BaselineError> {
+    if !(shrinkage.is_finite() && shrinkage > 0.0) {
+        return Err(BaselineError::InvalidAlpha(shrinkage));
+    }
+    let mean = column_mean(reference, d);
+    let cov = covariance(reference, d, &mean);
+    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d.max(10))
+        .ok_or(BaselineError::EigenFailed)?;
+    let mean_eigenvalue = eig.eigenvalues.iter().map(|&l| l.max(0.0)).sum::<f64>() / d as f64;
+    let eps = (shrinkage * mean_eigenvalue).max(f64::MIN_POSITIVE);
+    let scales = eig.eigenvalues.map(|l| 1.0 / (l.max(0.0) + eps).sqrt());
+    Ok(WhiteningBasis {
+        mean,
+        vectors: eig.eigenvectors,
+        scales,
+    })
+}
+
 /// The symmetric (ZCA) reference-whitening matrix `V diag((λ + ε)^(-1/2)) Vᵀ` of the reference
 /// rows' covariance `Σ_b = V diag(λ) Vᵀ`, `ε = shrinkage × mean(λ)` (see [`reference_whitening`]).
 pub fn reference_whitening_matrix(
@@ -163,17 +194,9 @@ pub fn reference_whitening_matrix(
         return Err(BaselineError::ZeroDimension);
     }
     check_input("reference", reference, reference.len() / d, d)?;
-    if !(shrinkage.is_finite() && shrinkage > 0.0) {
-        return Err(BaselineError::InvalidAlpha(shrinkage));
-    }
-    let cov = covariance(reference, d, &column_mean(reference, d));
-    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d.max(10))
-        .ok_or(BaselineError::EigenFailed)?;
-    let mean_eigenvalue = eig.eigenvalues.iter().map(|&l| l.max(0.0)).sum::<f64>() / d as f64;
-    let eps = (shrinkage * mean_eigenvalue).max(f64::MIN_POSITIVE);
-    let scales = eig.eigenvalues.map(|l| 1.0 / (l.max(0.0) + eps).sqrt());
-    let v = &eig.eigenvectors;
-    Ok(v * DMatrix::from_diagonal(&scales) * v.transpose())
+    let basis = whitening_basis(reference, d, shrinkage)?;
+    let v = &basis.vectors;
+    Ok(v * DMatrix::from_diagonal(&basis.scales) * v.transpose())
 }
 
 /// Reference whitening: the target rows in the coordinates where the *reference* (background)
@@ -193,26 +216,12 @@ pub fn reference_whitening(
     }
     check_input("target", target, target.len() / d, d)?;
     check_input("reference", reference, reference.len() / d, d)?;
-    if !(shrinkage.is_finite() && shrinkage > 0.0) {
-        return Err(BaselineError::InvalidAlpha(shrinkage));
-    }
-    let r_mean = column_mean(reference, d);
-    let cov = covariance(reference, d, &r_mean);
-    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d.max(10))
-        .ok_or(BaselineError::EigenFailed)?;
-    let mean_eigenvalue = eig.eigenvalues.iter().map(|&l| l.max(0.0)).sum::<f64>() / d as f64;
-    let eps = (shrinkage * mean_eigenvalue).max(f64::MIN_POSITIVE);
+    let basis = whitening_basis(reference, d, shrinkage)?;
     let mut rows = Vec::with_capacity(d * d);
-    for j in 0..d {
-        let scale = 1.0 / (eig.eigenvalues[j].max(0.0) + eps).sqrt();
-        rows.extend(
-            eig.eigenvectors
-                .column(j)
-                .iter()
-                .map(|&e| (e * scale) as f32),
-        );
+    for (j, scale) in basis.scales.iter().enumerate() {
+        rows.extend(basis.vectors.column(j).iter().map(|&e| (e * scale) as f32));
     }
-    let mut z = project(target, d, &r_mean, &rows);
+    let mut z = project(target, d, &basis.mean, &rows);
     z.par_chunks_exact_mut(d).for_each(|row| {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         if norm > 0.0 {

@@ -209,33 +209,20 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     }
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {
-                    let method_name = if *method == CompareMethod::Idfd {
-                        "idfd"
-                    } else {
-                        "cidfd"
-                    };
-                    let config = TrainConfig {
-                        method: if *method == CompareMethod::Idfd {
-                            Method::Idfd
-                        } else {
-                            Method::Cidfd
-                        },
+                    let idfd = *method == CompareMethod::Idfd;
+                    let method_name = if idfd { "idfd" } else { "cidfd" };
+                    let mut config = TrainConfig {
+                        method: if idfd { Method::Idfd } else { Method::Cidfd },
                         seed,
                         clusters: Some(k),
-                        // IDFD reads no reference set: no reference whitening, and no
-                        // neighbours found in reference-whitened pixels.
-                        whitening_kernel: if *method == CompareMethod::Idfd {
-                            0
-                        } else {
-                            job.train.whitening_kernel
-                        },
-                        neighbour_positives: if *method == CompareMethod::Idfd {
-                            0
-                        } else {
-                            job.train.neighbour_positives
-                        },
                         ..job.train.clone()
                     };
+                    if idfd {
+                        // IDFD reads no reference set: no reference whitening, and no
+                        // neighbours found in reference-whitened pixels.
+                        config.whitening_kernel = 0;
+                        config.neighbour_positives = 0;
+                    }
                     let train = TrainJob {
                         target: job.target.clone(),
                         reference: Some(job.reference.clone()),

@@ -758,15 +758,17 @@ mod tests {
     /// max |a − b| over max |b|, where scales under 1e-2 count as 1e-2 (a gradient that is
     /// zero in exact arithmetic, such as a bias under batch norm, is rounding noise in both).
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b
-            .abs()
+        max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-2)
+    }
+
+    /// max |t| over every element.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap() / scale.max(1e-2)
+            .unwrap()
     }
 
     /// The kernels the GPU runs (portable, candle) compute the same training-mode forward pass,
@@ -865,26 +867,12 @@ mod tests {
                     g_fused
                         .iter()
                         .filter(|(n, _)| n.ends_with(suffix))
-                        .map(|(_, t)| {
-                            t.abs()
-                                .unwrap()
-                                .max_all()
-                                .unwrap()
-                                .to_scalar::<f32>()
-                                .unwrap()
-                        })
+                        .map(|(_, t)| max_abs(t))
                         .fold(1e-2f32, f32::max)
                 };
                 for ((name, a), (_, b)) in g.iter().zip(&g_fused) {
                     let suffix = name.rsplit('.').next().unwrap_or("");
-                    let abs = (a - b)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let abs = max_abs(&(a - b).unwrap());
                     let d = abs / kind_scale(suffix);
                     assert!(
                         d < 1e-3,

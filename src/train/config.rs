@@ -200,6 +200,13 @@ impl TrainConfig {
         if self.lr.is_nan() || self.lr <= 0.0 {
             return bad("lr must be positive");
         }
+        if self.method == Method::Idfd
+            && (self.whitening_kernel > 0 || self.neighbour_positives > 0)
+        {
+            return bad(
+                "whitening_kernel and neighbour_positives are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
+            );
+        }
         if self.neighbour_positives > 0 && self.two_view_weight <= 0.0 {
             return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
         }
@@ -230,6 +237,31 @@ mod tests {
         assert!((c.lr_at(599.0) - 0.03).abs() < 1e-12);
         assert!((c.lr_at(600.0) - 0.003).abs() < 1e-12);
         assert!((c.lr_at(1700.0) - 0.03 * 1e-4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn reference_fitted_settings_are_refused_for_idfd() {
+        for config in [
+            TrainConfig {
+                method: Method::Idfd,
+                whitening_kernel: 9,
+                ..Default::default()
+            },
+            TrainConfig {
+                method: Method::Idfd,
+                two_view_weight: 1.0,
+                neighbour_positives: 5,
+                ..Default::default()
+            },
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("method cidfd only"), "{err}");
+            let cidfd = TrainConfig {
+                method: Method::Cidfd,
+                ..config
+            };
+            cidfd.validate().unwrap();
+        }
     }
 
     #[test]

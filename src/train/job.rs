@@ -117,53 +117,51 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         reference.as_ref().map_or(0, ImageSet::len),
         job.device.clone(),
     )?;
-    if config.whitening_kernel > 0 {
-        // Deterministic in the reference set, so a resumed run fits the same filter again.
-        let reference = reference.as_ref().filter(|_| config.uses_reference()).ok_or_else(|| {
-            Error::Invalid(
-                "whitening_kernel needs a reference table and method cidfd (IDFD reads no reference set)"
-                    .into(),
+    if config.whitening_kernel > 0 || config.neighbour_positives > 0 {
+        // Validation keeps these knobs to cIDFD, which refused to start without a reference.
+        let (Some(reference), Some(spec)) = (reference.as_ref(), job.reference.as_deref()) else {
+            return Err(Error::Invalid(
+                "internal: reference-fitted settings without a reference table".into(),
+            ));
+        };
+        let in_reference = |e: Error| Error::Invalid(format!("reference table `{spec}`: {e}"));
+        if config.whitening_kernel > 0 {
+            // Deterministic in the reference set, so a resumed run fits the same filter again.
+            let filter = crate::whitening::WhiteningFilter::fit(
+                &reference.pixels,
+                shape,
+                &norm,
+                config.whitening_kernel,
+                config.whitening_shrinkage,
             )
-        })?;
-        let filter = crate::whitening::WhiteningFilter::fit(
-            &reference.pixels,
-            shape,
-            &norm,
-            config.whitening_kernel,
-            config.whitening_shrinkage,
-        )?;
-        tracing::info!(
-            size = filter.size,
-            shrinkage = config.whitening_shrinkage,
-            "fitted the reference-whitening filter"
-        );
-        trainer
-            .salient
-            .set_input_filter(&filter, &job.device)
-            .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
-    }
-    if config.neighbour_positives > 0 {
-        let reference = reference.as_ref().filter(|_| config.uses_reference()).ok_or_else(|| {
-            Error::Invalid(
-                "neighbour_positives needs a reference table and method cidfd (the neighbours are found in reference-whitened pixels)"
-                    .into(),
-            )
-        })?;
-        let neighbours = super::neighbours::Neighbours::in_whitened_pixels(
-            &target,
-            reference,
-            config.neighbour_positives,
-            config.neighbour_components,
-        )?;
-        match target.complete_labels() {
-            Some(labels) => tracing::info!(
-                k = neighbours.k(),
-                purity = neighbours.purity(&labels),
-                "found the neighbour positives (purity: share of neighbours with the image's label, a diagnostic)"
-            ),
-            None => tracing::info!(k = neighbours.k(), "found the neighbour positives"),
+            .map_err(in_reference)?;
+            tracing::info!(
+                size = filter.size,
+                shrinkage = config.whitening_shrinkage,
+                "fitted the reference-whitening filter"
+            );
+            trainer
+                .salient
+                .set_input_filter(&filter, &job.device)
+                .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
         }
-        trainer.set_neighbours(neighbours);
+        if config.neighbour_positives > 0 {
+            let neighbours = super::neighbours::Neighbours::in_whitened_pixels(
+                &target,
+                reference,
+                config.neighbour_positives,
+                config.neighbour_components,
+            )?;
+            match &labels {
+                Some(labels) => tracing::info!(
+                    k = neighbours.k(),
+                    purity = neighbours.purity(labels),
+                    "found the neighbour positives (purity: share of neighbours with the image's label, a diagnostic)"
+                ),
+                None => tracing::info!(k = neighbours.k(), "found the neighbour positives"),
+            }
+            trainer.set_neighbours(neighbours);
+        }
     }
     std::fs::create_dir_all(&job.out).map_err(|e| Error::io(&job.out, e))?;
     let checkpoint = job.out.join(CHECKPOINT_FILE);
