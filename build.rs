@@ -24,8 +24,6 @@ fn main() {
         ])
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| {
-            panic!("the cuda feature needs nvcc on the PATH (README, \"Training on a GPU\"): {e}")
-        });
+        .unwrap_or_else(|e| panic!("the cuda feature needs nvcc on the PATH (docs/gpu.md): {e}"));
     assert!(status.success(), "nvcc failed on src/cuda/nhwc.cu");
 }

@@ -13,11 +13,12 @@
 //!     bench_train T.parquet R.parquet 4096 3 --device cuda --architecture resnet18
 //!
 //! `--loss-log FILE` writes every step's loss (warm-up epoch included) as CSV, to compare
-//! devices; `--kernels` picks the convolution kernels (`salient::model::Kernels`).
+//! devices; `--kernels` picks the convolution kernels (`salient::kernels::Kernels`).
 
 use clap::Parser;
 use salient::data::{ImageShape, LabelRequirement, SizePolicy};
-use salient::model::{Architecture, Kernels};
+use salient::kernels::Kernels;
+use salient::model::Architecture;
 use salient::train::augment::Normalization;
 use salient::train::{ImageSet, TrainConfig, Trainer};
 use std::io::Write;
@@ -91,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     };
     let norm = Normalization::fit(&t.pixels, shape);
     let mut trainer = Trainer::new(config.clone(), shape, norm, t.len(), r.len(), device)?;
+    trainer.set_kernels(args.kernels);
     let mut losses = Vec::new();
     let torch_device = if device_name == "cpu" { "cpu" } else { "cuda" };
     let arch = match args.architecture {
@@ -105,22 +107,19 @@ fn main() -> anyhow::Result<()> {
     let mut torch_info = None;
     for round in 0..args.rounds.max(1) {
         let mut rates = Vec::new();
-        salient::model::with_kernels(args.kernels, || -> anyhow::Result<()> {
-            let first = if round == 0 { 0 } else { 1 };
-            for epoch in first..=args.repeats {
-                let stats = trainer.train_epoch(&t, Some(&r), |step, _, s| {
-                    losses.push((round * (args.repeats + 1) + epoch, step, s.loss));
-                })?;
-                eprintln!(
-                    "round {round} epoch {epoch}: {:.0} img/s, loss {:.5}",
-                    stats.images_per_second, stats.losses.loss
-                );
-                if epoch > 0 {
-                    rates.push(stats.images_per_second);
-                }
+        let first = if round == 0 { 0 } else { 1 };
+        for epoch in first..=args.repeats {
+            let stats = trainer.train_epoch(&t, Some(&r), |step, _, s| {
+                losses.push((round * (args.repeats + 1) + epoch, step, s.loss));
+            })?;
+            eprintln!(
+                "round {round} epoch {epoch}: {:.0} img/s, loss {:.5}",
+                stats.images_per_second, stats.losses.loss
+            );
+            if epoch > 0 {
+                rates.push(stats.images_per_second);
             }
-            Ok(())
-        })?;
+        }
         let salient = median(rates);
         let torch = if args.no_torch {
             None

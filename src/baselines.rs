@@ -11,6 +11,10 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 
+/// ε of reference whitening as a fraction of the mean background eigenvalue (the best of
+/// 0.03 / 0.1 / 0.3 / 1 in a numpy sweep on mnist-grass; docs/research/salient-encoder.md).
+pub const WHITENING_SHRINKAGE: f64 = 1.0;
+
 /// Rows converted to `f64` at a time inside one covariance partition.
 const GEMM_BLOCK: usize = 512;
 /// Upper bound on covariance partitions (each holds a `d × d` partial sum).

@@ -15,9 +15,7 @@ use crate::metrics::ClusterScores;
 use crate::train::job::{self, TrainJob};
 use crate::train::{ImageSet, Method, TrainConfig};
 
-/// ε of reference whitening as a fraction of the mean background eigenvalue (the best of
-/// 0.03 / 0.1 / 0.3 / 1 in a numpy sweep on mnist-grass; see the README).
-pub const WHITENING_SHRINKAGE: f64 = 1.0;
+pub use crate::baselines::WHITENING_SHRINKAGE;
 
 /// The methods `compare` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]

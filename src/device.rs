@@ -38,7 +38,7 @@ fn cuda(ordinal: usize) -> Result<Device> {
 fn cuda(_ordinal: usize) -> Result<Device> {
     Err(Error::Invalid(
         "this salient was built without CUDA support: build it with `--features cuda` (or \
-         `cudnn`) as the README's \"Training on a GPU\" says"
+         `cudnn`) as docs/gpu.md says"
             .into(),
     ))
 }

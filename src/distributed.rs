@@ -9,7 +9,7 @@
 //!
 //! Each process loads the models once from a path all of them can read; an executor's tasks
 //! share one `Arc<ScalarUDF>`, hence one pool of ONNX Runtime sessions per process.
-//! Design notes: `docs/design/ballista.md`.
+//! How to run it and what each process needs: `docs/scale-out.md`.
 
 use std::sync::Arc;
 

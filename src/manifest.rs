@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::data::ImageShape;
+pub use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::metrics::ClusterScores;
-use crate::train::{Normalization, TrainConfig};
+use crate::preprocess::Normalization;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -84,12 +86,4 @@ impl Manifest {
             format!("{text}\n").as_bytes(),
         )
     }
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -11,7 +11,7 @@
 use crate::baselines::reference_whitening_matrix;
 use crate::data::ImageShape;
 use crate::error::{Error, Result};
-use crate::train::augment::Normalization;
+use crate::preprocess::Normalization;
 
 /// At most this many reference images estimate the covariance: plenty for a stationary
 /// texture, and it bounds the fitting time.

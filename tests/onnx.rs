@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use salient::data::{decode_batch, ImageTableReader, NullPolicy, ReaderOptions, SizePolicy};
+use salient::export::TrainedModel;
 use salient::export::ONNX_FILE;
 use salient::infer::{EngineOptions, InferenceEngine};
 use salient::manifest::Manifest;
 use salient::model::Architecture;
-use salient::model::TrainedModel;
 
 /// A small model trained for one epoch on 256 real mnist-grass images (train exports it), and
 /// its target table.

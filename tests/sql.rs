@@ -485,9 +485,55 @@ fn embedding_in_parallel_batches_keeps_rows_in_place() {
     for _ in 0..5 {
         let error = embed_array(&small, &array, Some(&ids), &strict).unwrap_err();
         assert!(
+            matches!(error, salient::sql::EmbedError::BadImage { .. }),
+            "{error:?}"
+        );
+        let error = error.to_string();
+        assert!(
             error.contains(&format!("row id {}:", rows[7].0))
                 && error.contains("neither PNG nor JPEG"),
             "{error}"
         );
     }
+}
+
+/// `examples/cluster_embed.rs`, the library's how-to: `cluster_embed` registered on a plain
+/// `SessionContext` groups the fixture's table by cluster, every row counted once.
+#[test]
+fn the_cluster_embed_example_runs_on_a_real_model() {
+    let f = fixture();
+    // Cargo builds the examples next to the test binaries' directory (target/<profile>/examples).
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("cluster_embed");
+    assert!(
+        example.exists(),
+        "{} was not built: `cargo test` builds the examples (or `cargo build --example cluster_embed`)",
+        example.display()
+    );
+    let out = Command::new(&example)
+        .arg(&f.model)
+        .arg(table("target"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Rows of the printed table: | cluster | images | mean_distance |
+    let counts: Vec<(i64, i64)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            Some((cells.get(1)?.parse().ok()?, cells.get(2)?.parse().ok()?))
+        })
+        .collect();
+    assert!(counts.len() > 1, "{stdout}");
+    assert!(
+        counts.iter().all(|&(c, _)| (0..10).contains(&c)),
+        "{stdout}"
+    );
+    assert_eq!(counts.iter().map(|&(_, n)| n).sum::<i64>(), 96, "{stdout}");
 }

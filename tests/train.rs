@@ -113,7 +113,7 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
     // A tampered weights file is refused where the weights are read (export, candle
     // evaluation); `evaluate` scores model.onnx, whose tampering tests/bad_input.rs covers.
     std::fs::write(model.join(WEIGHTS_FILE), b"not weights").unwrap();
-    let err = salient::model::TrainedModel::load(&model)
+    let err = salient::export::TrainedModel::load(&model)
         .err()
         .expect("tampered weights must be refused");
     assert!(

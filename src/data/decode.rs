@@ -57,6 +57,36 @@ pub enum SizePolicy {
 
 /// Refuse images whose header claims more than this many pixels per side or bytes in total:
 /// a few bytes of PNG can otherwise ask for gigabytes.
+/// Why one image could not be decoded into the model's input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("internal: output buffer holds {got} values, shape {shape} needs {needed}")]
+    Buffer {
+        got: usize,
+        shape: ImageShape,
+        needed: usize,
+    },
+    #[error("cannot read image bytes: {0}")]
+    Unreadable(String),
+    #[error("image is {0}, expected PNG or JPEG bytes")]
+    OtherFormat(String),
+    #[error("{len} bytes that are neither PNG nor JPEG (starting {start:02x?})")]
+    NotAnImage { len: usize, start: Vec<u8> },
+    #[error("expected PNG or JPEG bytes")]
+    NotPngOrJpeg,
+    #[error("undecodable image ({0})")]
+    Undecodable(String),
+    #[error("image is {width}x{height} (width x height), the model expects {expected_width}x{expected_height}; opt into resizing to accept it")]
+    Size {
+        width: usize,
+        height: usize,
+        expected_width: usize,
+        expected_height: usize,
+    },
+    #[error("models take 1 or 3 channels, not {0}")]
+    Channels(usize),
+}
+
 const MAX_SIDE: u32 = 16_384;
 const MAX_ALLOC: u64 = 512 << 20;
 
@@ -67,26 +97,25 @@ pub fn decode_into(
     shape: ImageShape,
     policy: SizePolicy,
     out: &mut [u8],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), ImageError> {
     if out.len() != shape.len() {
-        return Err(format!(
-            "internal: output buffer holds {} values, shape {shape} needs {}",
-            out.len(),
-            shape.len()
-        ));
+        return Err(ImageError::Buffer {
+            got: out.len(),
+            shape,
+            needed: shape.len(),
+        });
     }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| format!("cannot read image bytes: {e}"))?;
+        .map_err(|e| ImageError::Unreadable(e.to_string()))?;
     match reader.format() {
         Some(ImageFormat::Png) | Some(ImageFormat::Jpeg) => {}
-        Some(other) => return Err(format!("image is {other:?}, expected PNG or JPEG bytes")),
+        Some(other) => return Err(ImageError::OtherFormat(format!("{other:?}"))),
         None => {
-            return Err(format!(
-                "{} bytes that are neither PNG nor JPEG (starting {:02x?})",
-                bytes.len(),
-                &bytes[..bytes.len().min(8)]
-            ))
+            return Err(ImageError::NotAnImage {
+                len: bytes.len(),
+                start: bytes[..bytes.len().min(8)].to_vec(),
+            })
         }
     }
     let mut limits = Limits::default();
@@ -96,7 +125,7 @@ pub fn decode_into(
     reader.limits(limits);
     let image = reader
         .decode()
-        .map_err(|e| format!("undecodable image ({e})"))?;
+        .map_err(|e| ImageError::Undecodable(e.to_string()))?;
     let image = fit(image, shape, policy)?;
     match shape.channels {
         1 => out.copy_from_slice(image.to_luma8().as_raw()),
@@ -109,7 +138,7 @@ pub fn decode_into(
                 out[2 * plane + i] = px[2];
             }
         }
-        c => return Err(format!("models take 1 or 3 channels, not {c}")),
+        c => return Err(ImageError::Channels(c)),
     }
     Ok(())
 }
@@ -118,16 +147,18 @@ fn fit(
     image: DynamicImage,
     shape: ImageShape,
     policy: SizePolicy,
-) -> std::result::Result<DynamicImage, String> {
+) -> std::result::Result<DynamicImage, ImageError> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     if (w, h) == (shape.width, shape.height) {
         return Ok(image);
     }
     match policy {
-        SizePolicy::Exact => Err(format!(
-            "image is {w}x{h} (width x height), the model expects {}x{}; opt into resizing to accept it",
-            shape.width, shape.height
-        )),
+        SizePolicy::Exact => Err(ImageError::Size {
+            width: w,
+            height: h,
+            expected_width: shape.width,
+            expected_height: shape.height,
+        }),
         SizePolicy::Resize => Ok(image.resize_exact(
             shape.width as u32,
             shape.height as u32,
@@ -164,7 +195,7 @@ pub fn decode_rows(
     shape: ImageShape,
     size: SizePolicy,
     pixels: &mut Vec<u8>,
-) -> Vec<std::result::Result<(), String>> {
+) -> Vec<std::result::Result<(), ImageError>> {
     pixels.clear();
     pixels.resize(rows.len() * shape.len(), 0);
     if shape.is_empty() {
@@ -187,7 +218,7 @@ pub fn decode_batch(
 ) -> Result<DecodedBatch> {
     let images = ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::File {
         path: batch.path.to_path_buf(),
-        message,
+        message: message.to_string(),
     })?;
     let row_error = |row: usize, message: String| Error::Row {
         path: batch.path.to_path_buf(),
@@ -216,7 +247,7 @@ pub fn decode_batch(
     let mut pixels = Vec::new();
     let results = decode_rows(&rows, shape, size, &mut pixels);
     if let Some((i, Err(message))) = results.into_iter().enumerate().find(|(_, r)| r.is_err()) {
-        return Err(row_error(rows[i].0, message));
+        return Err(row_error(rows[i].0, message.to_string()));
     }
     Ok(DecodedBatch {
         shape: Some(shape),
@@ -236,20 +267,20 @@ pub fn decode_batch(
 }
 
 /// The shape of one encoded image as stored: 1 channel for grayscale, 3 for colour.
-pub fn probe_shape(bytes: &[u8]) -> std::result::Result<ImageShape, String> {
+pub fn probe_shape(bytes: &[u8]) -> std::result::Result<ImageShape, ImageError> {
     use image::ImageDecoder;
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| format!("cannot read image bytes: {e}"))?;
+        .map_err(|e| ImageError::Unreadable(e.to_string()))?;
     if !matches!(
         reader.format(),
         Some(ImageFormat::Png) | Some(ImageFormat::Jpeg)
     ) {
-        return Err("expected PNG or JPEG bytes".into());
+        return Err(ImageError::NotPngOrJpeg);
     }
     let decoder = reader
         .into_decoder()
-        .map_err(|e| format!("undecodable image ({e})"))?;
+        .map_err(|e| ImageError::Undecodable(e.to_string()))?;
     let (w, h) = decoder.dimensions();
     let channels = if decoder.color_type().has_color() {
         3
@@ -265,14 +296,14 @@ pub fn probe_table_shape(spec: &str, options: &super::ReaderOptions) -> Result<I
         let batch = batch?;
         let images = ImageArray::try_new(batch.images.as_ref()).map_err(|message| Error::File {
             path: batch.path.to_path_buf(),
-            message,
+            message: message.to_string(),
         })?;
         for row in 0..batch.len() {
             if let ImageCell::Bytes(bytes) = images.get(row) {
-                return probe_shape(bytes).map_err(|message| Error::Row {
+                return probe_shape(bytes).map_err(|e| Error::Row {
                     path: batch.path.to_path_buf(),
                     id: batch.ids.value(row),
-                    message,
+                    message: e.to_string(),
                 });
             }
         }

@@ -48,8 +48,19 @@ pub enum LabelRequirement {
 const IMAGE_TYPES: &str =
     "Binary, LargeBinary or BinaryView holding PNG/JPEG bytes, or Struct{bytes: Binary, path: Utf8}";
 
+/// Why a column is not an image column of the contract (the message follows the column name).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageColumnError {
+    #[error("struct field `bytes` has type {0}, expected Binary, LargeBinary or BinaryView")]
+    BytesFieldType(DataType),
+    #[error("struct {0} has no field `bytes`, expected {IMAGE_TYPES}")]
+    NoBytesField(DataType),
+    #[error("has type {0}, expected {IMAGE_TYPES}")]
+    Type(DataType),
+}
+
 /// Checks that `data_type` is one of the image encodings of the contract.
-pub fn check_image_type(data_type: &DataType) -> std::result::Result<(), String> {
+pub fn check_image_type(data_type: &DataType) -> std::result::Result<(), ImageColumnError> {
     match data_type {
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Ok(()),
         DataType::Struct(fields) => match fields.iter().find(|f| f.name() == "bytes") {
@@ -61,15 +72,10 @@ pub fn check_image_type(data_type: &DataType) -> std::result::Result<(), String>
             {
                 Ok(())
             }
-            Some(f) => Err(format!(
-                "struct field `bytes` has type {}, expected Binary, LargeBinary or BinaryView",
-                f.data_type()
-            )),
-            None => Err(format!(
-                "struct {data_type} has no field `bytes`, expected {IMAGE_TYPES}"
-            )),
+            Some(f) => Err(ImageColumnError::BytesFieldType(f.data_type().clone())),
+            None => Err(ImageColumnError::NoBytesField(data_type.clone())),
         },
-        other => Err(format!("has type {other}, expected {IMAGE_TYPES}")),
+        other => Err(ImageColumnError::Type(other.clone())),
     }
 }
 
@@ -122,7 +128,7 @@ pub fn validate_image_table(
         )
     })?;
     check_image_type(schema.field(image).data_type())
-        .map_err(|message| schema_error(&names.image, message))?;
+        .map_err(|message| schema_error(&names.image, message.to_string()))?;
 
     let label = match (label, find(&names.label)) {
         (LabelRequirement::Ignore, _) => None,
@@ -215,14 +221,14 @@ pub struct ImageArray<'a> {
 }
 
 impl<'a> ImageArray<'a> {
-    pub fn try_new(array: &'a dyn Array) -> std::result::Result<Self, String> {
+    pub fn try_new(array: &'a dyn Array) -> std::result::Result<Self, ImageColumnError> {
         check_image_type(array.data_type())?;
         let (values, outer) = match array.data_type() {
             DataType::Struct(_) => {
                 let outer = array.as_struct();
                 let bytes = outer
                     .column_by_name("bytes")
-                    .ok_or("struct has no field `bytes`")?;
+                    .ok_or_else(|| ImageColumnError::NoBytesField(array.data_type().clone()))?;
                 (Self::values_of(bytes.as_ref())?, Some(outer))
             }
             _ => (Self::values_of(array)?, None),
@@ -230,12 +236,12 @@ impl<'a> ImageArray<'a> {
         Ok(Self { values, outer })
     }
 
-    fn values_of(array: &'a dyn Array) -> std::result::Result<Values<'a>, String> {
+    fn values_of(array: &'a dyn Array) -> std::result::Result<Values<'a>, ImageColumnError> {
         match array.data_type() {
             DataType::Binary => Ok(Values::Binary(array.as_binary::<i32>())),
             DataType::LargeBinary => Ok(Values::Large(array.as_binary::<i64>())),
             DataType::BinaryView => Ok(Values::View(array.as_binary_view())),
-            other => Err(format!("unsupported image type {other}")),
+            other => Err(ImageColumnError::Type(other.clone())),
         }
     }
 
@@ -332,11 +338,14 @@ mod tests {
             assert!(check_image_type(&hf).is_ok());
         }
         let err = check_image_type(&DataType::Utf8).unwrap_err();
+        assert_eq!(err, ImageColumnError::Type(DataType::Utf8));
+        let err = err.to_string();
         assert!(err.contains("Utf8") && err.contains("expected"), "{err}");
         let no_bytes =
             DataType::Struct(Fields::from(vec![Field::new("path", DataType::Utf8, true)]));
         assert!(check_image_type(&no_bytes)
             .unwrap_err()
+            .to_string()
             .contains("no field `bytes`"));
     }
 }

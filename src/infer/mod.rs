@@ -325,7 +325,7 @@ pub struct Inspection {
     pub created: String,
     /// `uint8 N×C×H×W`.
     pub input: String,
-    pub normalization: crate::train::Normalization,
+    pub normalization: crate::preprocess::Normalization,
     pub outputs: Vec<String>,
     pub k: usize,
     pub d: usize,

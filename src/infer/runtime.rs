@@ -115,20 +115,22 @@ fn fetch_library(dir: &Path, library: &Path) -> Result<()> {
 /// The process-wide ONNX Runtime environment, created on first use. The library can be
 /// loaded only once per process, so a failure is remembered and reported to every caller.
 pub fn environment() -> Result<&'static ort::environment::Environment> {
-    static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
-        OnceLock::new();
+    static ENVIRONMENT: OnceLock<Result<ort::environment::Environment>> = OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
-            let path = library_path().map_err(|e| e.to_string())?;
+            let path = library_path()?;
             let builder = ort::init_from(&path)
-                .map_err(|e| format!("loading {} failed: {e}", path.display()))?;
+                .map_err(|e| Error::Runtime(format!("loading {} failed: {e}", path.display())))?;
             builder.with_name("salient").build().map_err(|e| {
-                format!(
+                Error::Runtime(format!(
                     "creating the environment from {} failed: {e}",
                     path.display()
-                )
+                ))
             })
         })
         .as_ref()
-        .map_err(|message| Error::Runtime(message.trim_start_matches("ONNX Runtime: ").to_string()))
+        .map_err(|e| match e {
+            Error::Runtime(message) => Error::Runtime(message.clone()),
+            other => Error::Runtime(other.to_string()),
+        })
 }

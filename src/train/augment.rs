@@ -5,101 +5,10 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::AugmentConfig;
 use crate::data::ImageShape;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AugmentConfig {
-    /// Area fraction range of the random resized crop.
-    pub crop_scale: (f32, f32),
-    /// Aspect-ratio range of the crop.
-    pub crop_ratio: (f32, f32),
-    pub brightness: f32,
-    pub contrast: f32,
-    pub saturation: f32,
-    pub grayscale_p: f32,
-    /// Probability of a reference overlay: adding the texture of a random background-only image,
-    /// x ← clip(x + γ·(r − mean(r))), γ ~ U(overlay_strength). It changes the background and
-    /// leaves the object, so features that tell instances apart by background stop working.
-    /// Applies to target images only, and only where a reference set is given.
-    pub overlay_p: f32,
-    pub overlay_strength: (f32, f32),
-    /// Random translation of the (cropped) view by up to this many pixels in each direction,
-    /// with the border pixels repeated: small moves that never cut an object away, unlike
-    /// small crops.
-    pub translate: u32,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        Self {
-            crop_scale: (0.2, 1.0),
-            crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
-            brightness: 0.4,
-            contrast: 0.4,
-            saturation: 0.4,
-            grayscale_p: 0.2,
-            overlay_p: 0.0,
-            overlay_strength: (0.5, 1.0),
-            translate: 0,
-        }
-    }
-}
-
-impl AugmentConfig {
-    /// No augmentation at all (embedding the un-augmented images).
-    pub fn none() -> Self {
-        Self {
-            crop_scale: (1.0, 1.0),
-            crop_ratio: (1.0, 1.0),
-            brightness: 0.0,
-            contrast: 0.0,
-            saturation: 0.0,
-            grayscale_p: 0.0,
-            overlay_p: 0.0,
-            overlay_strength: (0.0, 0.0),
-            translate: 0,
-        }
-    }
-}
-
-/// Per-channel normalisation applied after augmentation: (x/255 − mean) / std.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Normalization {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl Normalization {
-    /// Mean and standard deviation per channel of uint8 images (N×C×H×W), in [0, 1] units.
-    pub fn fit(pixels: &[u8], shape: ImageShape) -> Self {
-        let plane = shape.height * shape.width;
-        let mut sum = vec![0f64; shape.channels];
-        let mut sq = vec![0f64; shape.channels];
-        for image in pixels.chunks_exact(shape.len()) {
-            for c in 0..shape.channels {
-                for &v in &image[c * plane..(c + 1) * plane] {
-                    let v = v as f64 / 255.0;
-                    sum[c] += v;
-                    sq[c] += v * v;
-                }
-            }
-        }
-        let n = (pixels.len() / shape.channels.max(1)).max(1) as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let std = sq
-            .iter()
-            .zip(&mean)
-            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt()).max(1e-3) as f32)
-            .collect();
-        Self {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            std,
-        }
-    }
-}
+pub use crate::preprocess::Normalization;
 
 /// Augments (or, with [`AugmentConfig::none`], only converts) a batch of images into normalised
 /// floats, B×C×H×W. `stream` identifies the batch (e.g. epoch and step) so every call draws
@@ -145,14 +54,7 @@ pub fn augment_batch_with_overlays(
                     add_overlay(dst, overlay, shape, gamma);
                 }
             }
-            for c in 0..shape.channels {
-                let plane =
-                    &mut dst[c * shape.height * shape.width..(c + 1) * shape.height * shape.width];
-                let (m, s) = (norm.mean[c], norm.std[c]);
-                for v in plane {
-                    *v = (*v - m) / s;
-                }
-            }
+            norm.apply(dst, shape);
         });
     out
 }

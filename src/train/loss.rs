@@ -5,6 +5,121 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::loss::cross_entropy;
 
+use crate::config::TrainConfig;
+
+/// The loss terms of one step (or their means over an epoch).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StepStats {
+    pub loss: f32,
+    pub id_target: f32,
+    pub id_reference: f32,
+    pub fd: f32,
+    pub reference_salient: f32,
+    pub reference_null: f32,
+    pub xcov: f32,
+    pub two_view: f32,
+}
+
+impl StepStats {
+    /// Every term with its name, in the training log's column order.
+    pub fn named(&self) -> [(&'static str, f32); 8] {
+        [
+            ("loss", self.loss),
+            ("id_target", self.id_target),
+            ("id_reference", self.id_reference),
+            ("fd", self.fd),
+            ("reference_salient", self.reference_salient),
+            ("reference_null", self.reference_null),
+            ("xcov", self.xcov),
+            ("two_view", self.two_view),
+        ]
+    }
+
+    pub(crate) fn map(&self, f: impl Fn(f32) -> f32) -> Self {
+        self.map2(self, |a, _| f(a))
+    }
+
+    pub(crate) fn map2(&self, other: &Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Self {
+            loss: f(self.loss, other.loss),
+            id_target: f(self.id_target, other.id_target),
+            id_reference: f(self.id_reference, other.id_reference),
+            fd: f(self.fd, other.fd),
+            reference_salient: f(self.reference_salient, other.reference_salient),
+            reference_null: f(self.reference_null, other.reference_null),
+            xcov: f(self.xcov, other.xcov),
+            two_view: f(self.two_view, other.two_view),
+        }
+    }
+}
+
+/// The terms of one step's loss, unweighted, as the step computed them (`None`: not part of
+/// this run). [`LossTerms::total`] is the one place where they are weighed and summed.
+#[derive(Debug, Default)]
+pub struct LossTerms {
+    /// Instance discrimination of the target batch against the salient (+ λ·background) bank.
+    pub id_target: Option<Tensor>,
+    /// Feature decorrelation of the salient batch (plus the background's with `fd_background`).
+    pub fd: Option<Tensor>,
+    /// Two-view contrast (knob `two_view_weight`).
+    pub two_view: Option<Tensor>,
+    /// Instance discrimination of the reference batch against the background bank (cIDFD).
+    pub id_reference: Option<Tensor>,
+    /// Reference-null energy ratio (knob `reference_null`).
+    pub reference_null: Option<Tensor>,
+    /// Reference-salient term 1 − ‖mean s(b)‖² (knob `beta`).
+    pub reference_salient: Option<Tensor>,
+    /// Salient/background cross-covariance (knob `gamma_xcov`).
+    pub xcov: Option<Tensor>,
+}
+
+impl LossTerms {
+    /// L = ID_t + α·FD + w₂·TV + [ID_b + w_null·NULL + β·R + γ·XCOV], the bracket being the
+    /// terms that need the reference set (cIDFD). Weights come from `config`.
+    pub fn total(&self, config: &TrainConfig) -> Result<Tensor> {
+        let (Some(id_t), Some(fd)) = (&self.id_target, &self.fd) else {
+            candle_core::bail!(
+                "a step's loss needs its instance-discrimination and decorrelation terms"
+            )
+        };
+        let mut total = (id_t + (fd * config.alpha)?)?;
+        if let Some(tv) = &self.two_view {
+            total = (total + (tv * config.two_view_weight)?)?;
+        }
+        if let Some(id_b) = &self.id_reference {
+            let mut extra = id_b.clone();
+            if let Some(null) = &self.reference_null {
+                extra = (extra + (null * config.reference_null)?)?;
+            }
+            if let Some(r) = &self.reference_salient {
+                extra = (extra + (r * config.beta)?)?;
+            }
+            if let Some(x) = &self.xcov {
+                extra = (extra + (x * config.gamma_xcov)?)?;
+            }
+            total = (total + extra)?;
+        }
+        Ok(total)
+    }
+
+    /// The step's values for the training log (each term unweighted; absent terms 0).
+    pub fn stats(&self, total: &Tensor) -> Result<StepStats> {
+        let value = |t: &Option<Tensor>| -> Result<f32> {
+            t.as_ref().map_or(Ok(0.0), |t| t.to_scalar::<f32>())
+        };
+        Ok(StepStats {
+            loss: total.to_scalar::<f32>()?,
+            id_target: value(&self.id_target)?,
+            id_reference: value(&self.id_reference)?,
+            fd: value(&self.fd)?,
+            reference_salient: value(&self.reference_salient)?,
+            reference_null: value(&self.reference_null)?,
+            xcov: value(&self.xcov)?,
+            two_view: value(&self.two_view)?,
+        })
+    }
+}
+
 /// Instance discrimination: mean over the batch of −log softmax(logits)[own index], a full
 /// softmax over every bank row (no NCE sampling). `logits` are B×N and already divided by τ;
 /// `targets` (u32, B) are the batch rows' own bank indices.

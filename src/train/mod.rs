@@ -8,7 +8,6 @@
 
 pub mod augment;
 pub mod bank;
-pub mod config;
 pub mod job;
 pub mod loss;
 pub mod neighbours;
@@ -23,15 +22,17 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+pub use crate::config::{AugmentConfig, BankInit, Method, TrainConfig};
 use crate::data::{
     decode_batch, ImageShape, ImageTableReader, LabelRequirement, NullPolicy, ReaderOptions,
     SizePolicy,
 };
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderConfig};
-pub use augment::{AugmentConfig, Normalization};
+pub use crate::preprocess::Normalization;
 use bank::MemoryBank;
-pub use config::{BankInit, Method, TrainConfig};
+use loss::LossTerms;
+pub use loss::StepStats;
 use optim::Sgd;
 
 /// A whole image table decoded into memory as uint8 (training needs random access).
@@ -90,52 +91,6 @@ impl ImageSet {
             )));
         }
         Ok(set)
-    }
-}
-
-/// The loss terms of one step (or their means over an epoch).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct StepStats {
-    pub loss: f32,
-    pub id_target: f32,
-    pub id_reference: f32,
-    pub fd: f32,
-    pub reference_salient: f32,
-    pub reference_null: f32,
-    pub xcov: f32,
-    pub two_view: f32,
-}
-
-impl StepStats {
-    /// Every term with its name, in the training log's column order.
-    pub fn named(&self) -> [(&'static str, f32); 8] {
-        [
-            ("loss", self.loss),
-            ("id_target", self.id_target),
-            ("id_reference", self.id_reference),
-            ("fd", self.fd),
-            ("reference_salient", self.reference_salient),
-            ("reference_null", self.reference_null),
-            ("xcov", self.xcov),
-            ("two_view", self.two_view),
-        ]
-    }
-
-    fn map(&self, f: impl Fn(f32) -> f32) -> Self {
-        self.map2(self, |a, _| f(a))
-    }
-
-    fn map2(&self, other: &Self, f: impl Fn(f32, f32) -> f32) -> Self {
-        Self {
-            loss: f(self.loss, other.loss),
-            id_target: f(self.id_target, other.id_target),
-            id_reference: f(self.id_reference, other.id_reference),
-            fd: f(self.fd, other.fd),
-            reference_salient: f(self.reference_salient, other.reference_salient),
-            reference_null: f(self.reference_null, other.reference_null),
-            xcov: f(self.xcov, other.xcov),
-            two_view: f(self.two_view, other.two_view),
-        }
     }
 }
 
@@ -260,6 +215,15 @@ impl Trainer {
             neighbours: None,
             epoch: 0,
         })
+    }
+
+    /// Runs both encoders' convolutions and batch norms with `kernels` (benchmarks compare
+    /// them; training uses `auto`).
+    pub fn set_kernels(&mut self, kernels: crate::kernels::Kernels) {
+        self.salient.set_kernels(kernels);
+        if let Some(background) = &mut self.background {
+            background.set_kernels(kernels);
+        }
     }
 
     /// Makes the two-view contrast pair each image with a view of one of its neighbours.
@@ -479,7 +443,7 @@ impl Trainer {
                         &features.narrow(0, 0, b)?,
                         &features.narrow(0, b, n - b)?,
                     )?;
-                    null_term = Some((r * cfg.reference_null)?);
+                    null_term = Some(r);
                 }
                 let both = crate::model::l2_normalize(&features)?;
                 (both.narrow(0, 0, b)?, Some(both.narrow(0, b, n - b)?))
@@ -487,7 +451,6 @@ impl Trainer {
             _ => (self.salient.forward_t(&xt, true)?, None),
         };
         let mut logit_t = self.bank_s.similarities(&s)?;
-        let mut stats = StepStats::default();
         let mut fd = loss::feature_decorrelation(&s, cfg.tau2)?;
         // Auxiliary two-view contrast: a second, independently augmented view of the batch.
         let two_view = if cfg.two_view_weight > 0.0 {
@@ -512,14 +475,13 @@ impl Trainer {
                 stream.wrapping_mul(2).wrapping_add(1 << 62),
             )?;
             let s2 = self.salient.forward_t(&xt2, true)?;
-            let tv = loss::two_view_contrast(&s, &s2, cfg.two_view_tau)?;
-            stats.two_view = tv.to_scalar::<f32>()?;
-            Some((tv * cfg.two_view_weight)?)
+            Some(loss::two_view_contrast(&s, &s2, cfg.two_view_tau)?)
         } else {
             None
         };
 
         let mut background_parts = None;
+        let mut terms = LossTerms::default();
         if let (Some(g_z), Some((xb, ref_targets))) = (&self.background, reference_batch) {
             // One pass of g_z over the target and reference batches.
             let z = g_z.forward_t(&Tensor::cat(&[&xt, &xb], 0)?, true)?;
@@ -551,46 +513,37 @@ impl Trainer {
                 )
             };
             logit_t = logit_t_full;
-            let id_b = loss::instance_discrimination(&(logit_b / cfg.tau)?, &ref_target_idx)?;
-            stats.id_reference = id_b.to_scalar::<f32>()?;
+            terms.id_reference = Some(loss::instance_discrimination(
+                &(logit_b / cfg.tau)?,
+                &ref_target_idx,
+            )?);
             if cfg.fd_background {
                 fd = (fd + loss::feature_decorrelation(&Tensor::cat(&[&zx, &zb], 0)?, cfg.tau2)?)?;
             }
-            let mut extra = id_b;
-            if let Some(null) = null_term.take() {
-                stats.reference_null = null.to_scalar::<f32>()? / cfg.reference_null as f32;
-                extra = (extra + null)?;
-            }
+            terms.reference_null = null_term.take();
             if let (Some(sb), true) = (&sb, cfg.beta != 0.0) {
-                let r = loss::reference_salient(sb)?;
-                stats.reference_salient = r.to_scalar::<f32>()?;
-                extra = (extra + (r * cfg.beta)?)?;
+                terms.reference_salient = Some(loss::reference_salient(sb)?);
             }
             if cfg.gamma_xcov != 0.0 {
-                let x = loss::cross_covariance(&s, &zx)?;
-                stats.xcov = x.to_scalar::<f32>()?;
-                extra = (extra + (x * cfg.gamma_xcov)?)?;
+                terms.xcov = Some(loss::cross_covariance(&s, &zx)?);
             }
-            background_parts = Some((zx, zb, ref_targets, extra));
+            background_parts = Some((zx, zb, ref_targets));
         }
 
-        let id_t = loss::instance_discrimination(&(logit_t / cfg.tau)?, &targets)?;
-        stats.id_target = id_t.to_scalar::<f32>()?;
-        stats.fd = fd.to_scalar::<f32>()?;
-        let mut total = (id_t + (fd * cfg.alpha)?)?;
-        if let Some(tv) = two_view {
-            total = (total + tv)?;
-        }
-        if let Some((_, _, _, extra)) = &background_parts {
-            total = (total + extra)?;
-        }
-        stats.loss = total.to_scalar::<f32>()?;
+        terms.id_target = Some(loss::instance_discrimination(
+            &(logit_t / cfg.tau)?,
+            &targets,
+        )?);
+        terms.fd = Some(fd);
+        terms.two_view = two_view;
+        let total = terms.total(cfg)?;
+        let stats = terms.stats(&total)?;
         let grads = total.backward()?;
         self.optim.step(&grads)?;
 
         // Banks are updated after the step, with the features the logits were computed from.
         self.bank_s.update(&targets, &s)?;
-        if let Some((zx, zb, ref_targets, _)) = background_parts {
+        if let Some((zx, zb, ref_targets)) = background_parts {
             if let Some(bank) = self.bank_zt.as_mut() {
                 bank.update(&targets, &zx)?;
             }

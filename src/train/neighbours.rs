@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::ImageSet;
+use crate::baselines::WHITENING_SHRINKAGE;
 use crate::baselines::{pca, reference_whitening};
-use crate::compare::WHITENING_SHRINKAGE;
 use crate::error::{Error, Result};
 
 /// Each target image's `k` nearest neighbours (itself excluded), nearest first.

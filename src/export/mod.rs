@@ -14,9 +14,13 @@ use onnx_protobuf::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
+pub use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::model::TrainedModel;
+mod encoder;
+mod trained;
+
+pub use trained::TrainedModel;
 
 pub const ONNX_FILE: &str = "model.onnx";
 /// Opset 17: every operator used here has its axes as attributes except ReduceSum/Unsqueeze
@@ -292,9 +296,4 @@ pub fn export_model(dir: &Path) -> Result<String> {
     manifest.write(dir)?;
     tracing::info!(model = %dir.display(), id = %id, bytes = bytes.len(), "exported ONNX model");
     Ok(id)
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::augment::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::model::Architecture;
 
@@ -220,6 +219,63 @@ impl TrainConfig {
             return bad("whitening_shrinkage must be positive");
         }
         Ok(())
+    }
+}
+
+/// Augmentation of target and reference images during training (METHOD.md's by default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Area fraction range of the random resized crop.
+    pub crop_scale: (f32, f32),
+    /// Aspect-ratio range of the crop.
+    pub crop_ratio: (f32, f32),
+    pub brightness: f32,
+    pub contrast: f32,
+    pub saturation: f32,
+    pub grayscale_p: f32,
+    /// Probability of a reference overlay: adding the texture of a random background-only image,
+    /// x ← clip(x + γ·(r − mean(r))), γ ~ U(overlay_strength). It changes the background and
+    /// leaves the object, so features that tell instances apart by background stop working.
+    /// Applies to target images only, and only where a reference set is given.
+    pub overlay_p: f32,
+    pub overlay_strength: (f32, f32),
+    /// Random translation of the (cropped) view by up to this many pixels in each direction,
+    /// with the border pixels repeated: small moves that never cut an object away, unlike
+    /// small crops.
+    pub translate: u32,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_scale: (0.2, 1.0),
+            crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.4,
+            grayscale_p: 0.2,
+            overlay_p: 0.0,
+            overlay_strength: (0.5, 1.0),
+            translate: 0,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all (embedding the un-augmented images).
+    pub fn none() -> Self {
+        Self {
+            crop_scale: (1.0, 1.0),
+            crop_ratio: (1.0, 1.0),
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            grayscale_p: 0.0,
+            overlay_p: 0.0,
+            overlay_strength: (0.0, 0.0),
+            translate: 0,
+        }
     }
 }
 

@@ -1,0 +1,123 @@
+//! A trained model directory loaded with candle, for the export and the parity checks.
+
+use crate::digest::sha256_file;
+use crate::model::{Encoder, EncoderConfig, INPUT_FILTER_TENSOR};
+
+/// A trained model directory loaded with candle: the salient encoder, its preprocessing and
+/// centroids. `export` builds the ONNX graph from it; the ONNX parity tests compare against it.
+pub struct TrainedModel {
+    pub manifest: crate::manifest::Manifest,
+    pub encoder: Encoder,
+    pub centroids: Vec<f32>,
+}
+
+impl TrainedModel {
+    pub fn load(dir: &std::path::Path) -> crate::Result<Self> {
+        use crate::error::Error;
+        use crate::manifest::{Manifest, CENTROIDS_TENSOR, WEIGHTS_FILE};
+        let manifest = Manifest::read(dir)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let sha = sha256_file(&weights)?;
+        if sha != manifest.weights_sha256 {
+            return Err(Error::File {
+                path: weights,
+                message: format!(
+                    "sha256 {sha} differs from the manifest's {}; the model directory is inconsistent",
+                    manifest.weights_sha256
+                ),
+            });
+        }
+        let device = candle_core::Device::Cpu;
+        let tensors =
+            candle_core::safetensors::load(&weights, &device).map_err(|e| Error::File {
+                path: weights.clone(),
+                message: format!("unreadable weights ({e})"),
+            })?;
+        let centroids = tensors
+            .get(CENTROIDS_TENSOR)
+            .ok_or_else(|| Error::File {
+                path: weights.clone(),
+                message: format!("no `{CENTROIDS_TENSOR}` tensor"),
+            })?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let input_filter = if manifest.config.whitening_kernel > 0 {
+            Some(
+                tensors
+                    .get(INPUT_FILTER_TENSOR)
+                    .cloned()
+                    .ok_or_else(|| Error::File {
+                        path: weights.clone(),
+                        message: format!(
+                            "no `{INPUT_FILTER_TENSOR}` tensor, though the manifest sets whitening_kernel = {}",
+                            manifest.config.whitening_kernel
+                        ),
+                    })?,
+            )
+        } else {
+            None
+        };
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
+        let mut encoder = Encoder::new(
+            EncoderConfig {
+                architecture: manifest.config.architecture,
+                in_channels: manifest.input.shape.channels,
+                dim: manifest.d,
+                width: manifest
+                    .config
+                    .width
+                    .unwrap_or(manifest.config.architecture.default_width()),
+                head_norm: manifest.config.head_norm,
+            },
+            vb.pp("salient"),
+        )?;
+        if let Some(filter) = input_filter {
+            encoder
+                .set_input_filter_tensor(filter)
+                .map_err(|e| Error::File {
+                    path: weights.clone(),
+                    message: format!("`{INPUT_FILTER_TENSOR}`: {e}"),
+                })?;
+        }
+        Ok(Self {
+            manifest,
+            encoder,
+            centroids,
+        })
+    }
+
+    /// Salient embeddings (n×d) of decoded uint8 images (n×C×H×W).
+    pub fn embed(&self, pixels: &[u8]) -> crate::Result<Vec<f32>> {
+        let shape = self.manifest.input.shape;
+        let n = pixels.len() / shape.len().max(1);
+        let mut out = Vec::with_capacity(n * self.manifest.d);
+        for start in (0..n).step_by(512) {
+            let end = (start + 512).min(n);
+            let images: Vec<&[u8]> = (start..end)
+                .map(|i| &pixels[i * shape.len()..(i + 1) * shape.len()])
+                .collect();
+            let floats = self.manifest.input.normalization.batch(&images, shape);
+            let x = candle_core::Tensor::from_vec(
+                floats,
+                (images.len(), shape.channels, shape.height, shape.width),
+                &candle_core::Device::Cpu,
+            )?;
+            out.extend(
+                self.encoder
+                    .forward_t(&x, false)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Nearest centroid and squared distance of each embedding.
+    pub fn assign(&self, embeddings: &[f32]) -> crate::Result<Vec<(u32, f32)>> {
+        Ok(crate::cluster::assign(
+            embeddings,
+            self.manifest.d,
+            &self.centroids,
+        )?)
+    }
+}

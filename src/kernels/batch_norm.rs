@@ -1,0 +1,324 @@
+//! Training-mode batch norm over the rows of an (N, C) matrix, optionally followed by ReLU,
+//! with a fused single-sweep backward pass (CPU).
+
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_contiguous;
+
+/// Per-channel batch statistics of the last forward pass, for the running averages.
+pub type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// Training-mode batch norm of (N, C) rows: y = (x − mean)·invstd·γ + β with batch mean and
+/// biased variance per column, optionally followed by ReLU. Candle's composition of broadcast
+/// ops spends most of its backward pass reducing broadcast gradients column-wise; this does
+/// each pass in one sweep. Fusing the ReLU saves candle's ReLU backward (a zero tensor, a
+/// comparison, a cast and a product) and one autograd node's gradient buffer per layer.
+#[derive(Clone, Debug)]
+pub(super) struct BatchNormRows {
+    eps: f64,
+    relu: bool,
+    /// (mean, biased variance) of the forward pass, for the running averages and the backward.
+    stats: BatchStats,
+}
+
+/// Rows per parallel task in the batch-norm kernels.
+pub(super) const ROWS: usize = 256;
+
+/// Column sums over the rows of an (N, ·) matrix, in parallel: `f(rows, acc)` adds one chunk
+/// of at most [`ROWS`] rows into `acc` (`width` f32 sums, short enough to stay exact to
+/// ~1e-6 relative); the chunks' sums add up in f64.
+pub(super) fn column_sums(
+    n: usize,
+    width: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f64> {
+    (0..n.div_ceil(ROWS))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0f32; width];
+            f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc);
+            acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
+        })
+        .reduce(
+            || vec![0f64; width],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Per-column mean and biased variance of an (N, C) matrix (two passes: exact for large means).
+pub(super) fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    let sums = column_sums(n, c, |rows, acc| {
+        for row in rows {
+            for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
+                *a += v;
+            }
+        }
+    });
+    let mean: Vec<f32> = sums.iter().map(|s| (s / n as f64) as f32).collect();
+    let sq = column_sums(n, c, |rows, acc| {
+        for row in rows {
+            for ((a, &v), &m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
+                let d = v - m;
+                *a += d * d;
+            }
+        }
+    });
+    (mean, sq.iter().map(|s| (s / n as f64) as f32).collect())
+}
+
+/// Training-mode batch norm of (N, C) rows: returns y (with the ReLU when `relu`) and the
+/// batch mean and biased variance per column.
+pub(super) fn bn_forward_cpu(
+    x: &[f32],
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    if n * c == 0 {
+        return (Vec::new(), vec![0.0; c], vec![0.0; c]);
+    }
+    let (mean, var) = moments(x, n, c);
+    // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
+    let scale: Vec<f32> = var
+        .iter()
+        .zip(gamma)
+        .map(|(&v, &g)| g / (v as f64 + eps).sqrt() as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
+    let mut y: Vec<f32> = Vec::with_capacity(n * c);
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    y.spare_capacity_mut()[..n * c]
+        .par_chunks_mut(ROWS * c)
+        .zip(x.par_chunks(ROWS * c))
+        .for_each(|(ys, xs)| {
+            for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
+                    y.write((x * a + b).max(floor));
+                }
+            }
+        });
+    // SAFETY: the chunks cover all n·c elements and every one was written.
+    unsafe { y.set_len(n * c) };
+    (y, mean, var)
+}
+
+/// The batch norm's backward pass: from its input x, the gradient dy reaching its output, its
+/// output y (for the ReLU's mask) and the forward statistics, writes dx into `dx` (every
+/// element) and returns (dγ, dβ).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bn_backward_cpu(
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    (mean, var): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+    dx: &mut [MaybeUninit<f32>],
+) -> (Vec<f32>, Vec<f32>) {
+    if n * c == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    // The gradient reaching the batch norm's output is dy where y > floor: everywhere
+    // without the ReLU, where the ReLU passed its input with it.
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let (mean, gamma) = (&mean[..c], &gamma[..c]);
+    let invstd: Vec<f32> = var[..c]
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
+    // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
+    let sums = column_sums(n, 2 * c, |rows, acc| {
+        let (sum_g, sum_gx) = acc.split_at_mut(c);
+        let r = rows.start * c..rows.end * c;
+        let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
+        for ((xr, dr), yr) in xs
+            .chunks_exact(c)
+            .zip(ds.chunks_exact(c))
+            .zip(ys.chunks_exact(c))
+        {
+            let columns = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(mean);
+            for (((sg, sgx), &m), ((&xv, &dv), &yv)) in columns.zip(xr.iter().zip(dr).zip(yr)) {
+                let g = if yv > floor { dv } else { 0.0 };
+                *sg += g;
+                *sgx += g * (xv - m);
+            }
+        }
+    });
+    let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
+    let dgamma: Vec<f32> = (0..c).map(|j| (sums[c + j] as f32) * invstd[j]).collect();
+    // dx = k·(n·g − dβ − x̂·dγ) with k = γ·invstd/n, rearranged per channel as
+    // dx = a·g + b·x + d.
+    let nf = n as f32;
+    let k: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j] / nf).collect();
+    let coef_g: Vec<f32> = (0..c).map(|j| gamma[j] * invstd[j]).collect();
+    let coef_x: Vec<f32> = (0..c).map(|j| -k[j] * invstd[j] * dgamma[j]).collect();
+    let offset: Vec<f32> = (0..c)
+        .map(|j| -k[j] * dbeta[j] - coef_x[j] * mean[j])
+        .collect();
+    let (coef_g, coef_x, offset) = (&coef_g[..c], &coef_x[..c], &offset[..c]);
+    dx.par_chunks_mut(ROWS * c)
+        .zip(x.par_chunks(ROWS * c))
+        .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
+        .for_each(|((dxs, xs), (ds, ys))| {
+            let rows = xs
+                .chunks_exact(c)
+                .zip(ds.chunks_exact(c))
+                .zip(ys.chunks_exact(c));
+            for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
+                let columns = coef_g.iter().zip(coef_x).zip(offset);
+                let values = xr.iter().zip(dr).zip(yr);
+                for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
+                    out.iter_mut().zip(columns).zip(values)
+                {
+                    let g = if yv > floor { dv } else { 0.0 };
+                    o.write(a * g + b * xv + d);
+                }
+            }
+        });
+    (dgamma, dbeta)
+}
+
+impl CustomOp3 for BatchNormRows {
+    fn name(&self) -> &'static str {
+        "batch-norm-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let gamma = f32_contiguous(s2, l2, self.name())?;
+        let beta = f32_contiguous(s3, l3, self.name())?;
+        let (n, c) = l1.shape().dims2()?;
+        let (y, mean, var) = bn_forward_cpu(x, (n, c), gamma, beta, self.eps, self.relu);
+        if let Ok(mut slot) = self.stats.lock() {
+            *slot = Some((mean, var));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = x.dims2()?;
+        let (mean, var) = self
+            .stats
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| {
+                candle_core::Error::Msg("batch norm backward without forward statistics".into())
+            })?;
+        let packed = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &res.contiguous()?,
+            &BatchNormRowsBackward {
+                eps: self.eps,
+                relu: self.relu,
+                gamma: gamma.to_vec1::<f32>()?,
+                mean,
+                var,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, n)?;
+        let dgamma = packed.narrow(0, n, 1)?.reshape(c)?;
+        let dbeta = packed.narrow(0, n + 1, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// Backward of [`BatchNormRows`] over (x, dy, y); returns (N + 2, C): dx rows, then dγ, then
+/// dβ. With the ReLU, dy counts only where the output y is positive.
+pub(super) struct BatchNormRowsBackward {
+    eps: f64,
+    relu: bool,
+    gamma: Vec<f32>,
+    /// The forward pass's batch statistics.
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNormRowsBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-rows-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let dy = f32_contiguous(s2, l2, self.name())?;
+        let y = f32_contiguous(s3, l3, self.name())?;
+        let (n, c) = l1.shape().dims2()?;
+        let mut out: Vec<f32> = Vec::with_capacity((n + 2) * c);
+        let (dx, tail) = out.spare_capacity_mut()[..(n + 2) * c].split_at_mut(n * c);
+        let (dgamma, dbeta) = bn_backward_cpu(
+            (x, dy, y),
+            (n, c),
+            &self.gamma,
+            (&self.mean, &self.var),
+            self.eps,
+            self.relu,
+            dx,
+        );
+        for (t, &v) in tail.iter_mut().zip(dgamma.iter().chain(&dbeta)) {
+            t.write(v);
+        }
+        // SAFETY: bn_backward_cpu wrote all n·c elements of dx, the loop the 2·c of the tail.
+        unsafe { out.set_len((n + 2) * c) };
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, c))))
+    }
+}
+
+/// Training-mode batch norm of (N, C) rows on the CPU, followed by ReLU when `relu`; returns y
+/// and the batch (mean, biased variance) for the running averages.
+pub fn batch_norm_rows_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats: BatchStats = Arc::new(Mutex::new(None));
+    let y = x.contiguous()?.apply_op3(
+        gamma,
+        beta,
+        BatchNormRows {
+            eps,
+            relu,
+            stats: stats.clone(),
+        },
+    )?;
+    // The op keeps its statistics for the backward pass; the caller gets a copy.
+    let taken = stats.lock().ok().and_then(|s| s.clone());
+    let (mean, var) =
+        taken.ok_or_else(|| candle_core::Error::Msg("batch norm ran without statistics".into()))?;
+    Ok((y, mean, var))
+}

@@ -1,0 +1,443 @@
+//! The convolution on channels-last activations: the fused CPU node (blocked by images, one
+//! gemm per task), the im2col + matmul composition for CUDA, and a portable composition of
+//! candle ops for any device.
+
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul_into, matmul_vec};
+use super::im2col::{col2im_add_images, im2col_images, Im2Col};
+use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
+
+/// Output rows per task of the blocked CPU convolution: enough for an efficient
+/// single-threaded product, few enough that a task's slice of the im2col matrix (and of its
+/// gradient) is still in cache when the product reads it. On the default encoder's three
+/// stride-2 layers, one product per task ran 1.0-1.4× as fast as gemm splitting each whole
+/// product over both cores (forward and dY·Wᵀ, two runs of a stand-alone gemm probe; docs/performance.md).
+pub(super) const TASK_ROWS: usize = 384;
+
+/// Whole images per task: about [`TASK_ROWS`] output rows, and at least one task per thread.
+pub(super) fn images_per_task(b: usize, rows_per_image: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (TASK_ROWS / rows_per_image.max(1)).clamp(1, b.div_ceil(threads).max(1))
+}
+
+/// Forward convolution on the CPU: `x` (B, H, W, C_in) and `wt` (K·K·C_in, C_out) give the
+/// (B·OH·OW, C_out) rows and the im2col matrix for the weight gradient (None when it is `x`
+/// itself). Blocked by images: each task writes its images' im2col rows and multiplies them
+/// while they are in cache.
+pub(super) fn conv_forward_cpu(
+    x: &[f32],
+    (b, h, w, c): Dims4,
+    wt: &[f32],
+    cout: usize,
+    g: ConvGeometry,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
+    let m = b * rows_per_image;
+    if x.len() != b * h * w * c || wt.len() != k * cout {
+        candle_core::bail!(
+            "conv forward: input of {} and weight of {} do not fit {:?} and {cout} channels out",
+            x.len(),
+            wt.len(),
+            (b, h, w, c)
+        );
+    }
+    if m * cout * k == 0 {
+        let cols = (!g.is_pointwise()).then(|| vec![0f32; m * k]);
+        return Ok((vec![0f32; m * cout], cols));
+    }
+    let per_task = images_per_task(b, rows_per_image);
+    let mut out: Vec<f32> = Vec::with_capacity(m * cout);
+    let out_tasks =
+        out.spare_capacity_mut()[..m * cout].par_chunks_mut(per_task * rows_per_image * cout);
+    let cols = if g.is_pointwise() {
+        out_tasks
+            .zip(x.par_chunks(per_task * rows_per_image * k))
+            .try_for_each(|(dst, xs)| {
+                matmul_into(dst, (xs.len() / k, cout, k), xs, (k, 1), wt, (cout, 1))
+            })?;
+        None
+    } else {
+        let mut cols: Vec<f32> = Vec::with_capacity(m * k);
+        out_tasks
+            .zip(cols.spare_capacity_mut()[..m * k].par_chunks_mut(per_task * rows_per_image * k))
+            .zip(x.par_chunks(per_task * h * w * c))
+            .try_for_each(|((dst, task_cols), images)| {
+                im2col_images(images, (h, w, c), g, task_cols);
+                // SAFETY: im2col_images wrote every element of task_cols.
+                let task_cols = unsafe { assume_init(task_cols) };
+                let rows = task_cols.len() / k;
+                matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))
+            })?;
+        // SAFETY: the tasks cover all m·k elements (B images of OH·OW rows), all written.
+        unsafe { cols.set_len(m * k) };
+        Some(cols)
+    };
+    // SAFETY: the tasks cover all m·C_out output elements, and matmul_into wrote each.
+    unsafe { out.set_len(m * cout) };
+    Ok((out, cols))
+}
+
+/// Backward convolution on the CPU: from dY (B·OH·OW, C_out), `wt`, `x` (B, H, W, C_in) and
+/// the forward im2col matrix (None when it is `x`), writes dX (B·H·W·C_in) and
+/// dW (K·K·C_in, C_out) into `dx` and `dwt`, every element.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_backward_cpu(
+    dy: &[f32],
+    wt: &[f32],
+    x: &[f32],
+    (b, h, w, c): Dims4,
+    cout: usize,
+    g: ConvGeometry,
+    cols: Option<&[f32]>,
+    dx: &mut [MaybeUninit<f32>],
+    dwt: &mut [MaybeUninit<f32>],
+) -> Result<()> {
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
+    let m = b * rows_per_image;
+    if dy.len() != m * cout
+        || wt.len() != k * cout
+        || x.len() != b * h * w * c
+        || dx.len() != x.len()
+        || dwt.len() != k * cout
+        || cols.is_some_and(|cols| cols.len() != m * k)
+    {
+        candle_core::bail!(
+            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
+            (b, h, w, c),
+            g.kernel
+        );
+    }
+    if m * cout * k == 0 {
+        dx.fill(MaybeUninit::new(0.0));
+        dwt.fill(MaybeUninit::new(0.0));
+        return Ok(());
+    }
+    // dW = colsᵀ · dY (cols is (m, k) row-major, read transposed): the rows split into one
+    // part per thread, each a single-threaded product, then the partial sums added. In a gemm
+    // probe this ran 1.9× as fast as one product split by gemm on the layer with the most
+    // rows (B·14·14) and 0.8-0.9× on the two deeper layers, where dW is a smaller share of the
+    // time; the whole blocked convolution was then measured end to end (docs/performance.md).
+    let cols = cols.unwrap_or(x);
+    let parts = rayon::current_num_threads().clamp(1, m);
+    let per_part = m.div_ceil(parts);
+    let partials = (0..m.div_ceil(per_part))
+        .into_par_iter()
+        .map(|p| {
+            let rows = p * per_part..((p + 1) * per_part).min(m);
+            matmul_vec(
+                (k, cout, rows.len()),
+                (&cols[rows.start * k..rows.end * k], (1, k)),
+                (&dy[rows.start * cout..rows.end * cout], (cout, 1)),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (j, d) in dwt.iter_mut().enumerate() {
+        d.write(partials.iter().map(|p| p[j]).sum());
+    }
+    // dX = col2im(dY · Wᵀ) (wt is (k, C_out) row-major, read transposed), blocked by images:
+    // each task's slice of dY · Wᵀ is added onto its own images while in cache, and the
+    // B·OH·OW × K·K·C_in product never exists whole.
+    let per_task = images_per_task(b, rows_per_image);
+    dx.par_chunks_mut(per_task * h * w * c)
+        .zip(dy.par_chunks(per_task * rows_per_image * cout))
+        .try_for_each(|(dx, dy)| {
+            let rows = dy.len() / cout;
+            if g.is_pointwise() {
+                return matmul_into(dx, (rows, k, cout), dy, (cout, 1), wt, (1, cout));
+            }
+            let dcols = matmul_vec((rows, k, cout), (dy, (cout, 1)), (wt, (1, cout)))?;
+            dx.fill(MaybeUninit::new(0.0));
+            // SAFETY: just filled.
+            let dx = unsafe { assume_init_mut(dx) };
+            col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx);
+            Ok(())
+        })
+}
+
+/// [`conv_backward_cpu`] into one flat buffer, as the backward ops return it: dX
+/// (B·H·W·C_in), dW (K·K·C_in·C_out), then `tail` (the fused node's dγ and dβ; empty for a
+/// plain convolution).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_backward_packed(
+    dy: &[f32],
+    wt: &[f32],
+    x: &[f32],
+    dims: Dims4,
+    cout: usize,
+    g: ConvGeometry,
+    cols: Option<&[f32]>,
+    tail: &[f32],
+) -> Result<Vec<f32>> {
+    let dw_len = wt.len();
+    let len = x.len() + dw_len + tail.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
+    let (dwt, rest) = rest.split_at_mut(dw_len);
+    conv_backward_cpu(dy, wt, x, dims, cout, g, cols, dx, dwt)?;
+    for (d, &v) in rest.iter_mut().zip(tail) {
+        d.write(v);
+    }
+    // SAFETY: conv_backward_cpu wrote dx and dwt whole, the loop the tail.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// Splits [`conv_backward_packed`]'s output back into dX (B, H, W, C_in), dW (K·K·C_in,
+/// C_out) and the tail.
+pub(super) fn split_conv_grads(
+    packed: &Tensor,
+    (b, h, w, c): Dims4,
+    (k, cout): (usize, usize),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (dx_len, dw_len) = (b * h * w * c, k * cout);
+    let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
+    let dwt = packed.narrow(0, dx_len, dw_len)?.reshape((k, cout))?;
+    let tail_len = packed.dim(0)?.checked_sub(dx_len + dw_len).ok_or_else(|| {
+        candle_core::Error::Msg("conv backward: gradient shorter than dX and dW".into())
+    })?;
+    let tail = packed.narrow(0, dx_len + dw_len, tail_len)?;
+    Ok((dx, dwt, tail))
+}
+
+/// The whole CPU convolution as one autograd node: `x` (B, H, W, C_in) and `wt` (K·K·C_in, C_out)
+/// in, (B·OH·OW, C_out) rows out ([`conv_forward_cpu`]). The backward computes dW = colsᵀ·dY
+/// and dX = col2im(dY·Wᵀ) straight into the returned gradients ([`conv_backward_cpu`]), so
+/// candle's autograd never holds the im2col matrix's gradient (a zero-filled buffer plus an
+/// add over it per convolution, when im2col and matmul were two nodes).
+#[derive(Debug)]
+pub(super) struct ConvRowsCpu {
+    geometry: ConvGeometry,
+    /// The forward pass's im2col matrix, for the weight gradient (None for pointwise
+    /// convolutions, whose im2col matrix is `x` itself).
+    cols: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl CustomOp2 for ConvRowsCpu {
+    fn name(&self) -> &'static str {
+        "conv-rows-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let (b, h, w, c) = dims4(l1, self.name())?;
+        let (_, cout) = l2.shape().dims2()?;
+        let (out, cols) = conv_forward_cpu(x, (b, h, w, c), wt, cout, self.geometry)?;
+        let m = out.len() / cout.max(1);
+        if let Ok(mut slot) = self.cols.lock() {
+            *slot = cols.map(Arc::new);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, cout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let cols = if self.geometry.is_pointwise() {
+            None
+        } else {
+            let saved = self.cols.lock().ok().and_then(|s| s.clone());
+            Some(saved.ok_or_else(|| {
+                candle_core::Error::Msg("convolution backward without its forward pass".into())
+            })?)
+        };
+        let packed = grad.contiguous()?.apply_op3_no_bwd(
+            &wt.contiguous()?,
+            &x.contiguous()?,
+            &ConvRowsCpuBackward {
+                geometry: self.geometry,
+                cols,
+            },
+        )?;
+        let (dx, dwt, _) = split_conv_grads(&packed, x.dims4()?, wt.dims2()?)?;
+        Ok((Some(dx), Some(dwt)))
+    }
+}
+
+/// Backward of [`ConvRowsCpu`] over (dY, wt, x): one flat tensor, dX (B·H·W·C_in) then dW.
+pub(super) struct ConvRowsCpuBackward {
+    geometry: ConvGeometry,
+    /// The forward im2col matrix (None for pointwise convolutions: x is that matrix).
+    cols: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp3 for ConvRowsCpuBackward {
+    fn name(&self) -> &'static str {
+        "conv-rows-cpu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let x = f32_contiguous(s3, l3, self.name())?;
+        let (_, cout) = l1.shape().dims2()?;
+        let dims = dims4(l3, self.name())?;
+        let cols = self.cols.as_deref().map(|c| c.as_slice());
+        let out = conv_backward_packed(dy, wt, x, dims, cout, self.geometry, cols, &[])?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// Convolution of a channels-last batch `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
+/// returning (B·OH·OW, C_out) rows and the output's (B, OH, OW): callers apply per-channel
+/// operations (batch norm, ReLU) on the rows before reshaping to (B, OH, OW, C_out).
+/// On the CPU the convolution is one fused op ([`ConvRowsCpu`]); elsewhere it is the im2col
+/// kernel followed by candle's matmul.
+pub fn conv2d_nhwc_rows(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    if x.device().is_cpu() {
+        conv_rows(x, weight, geometry, |x, wt, geometry| {
+            x.contiguous()?.apply_op2(
+                wt,
+                ConvRowsCpu {
+                    geometry,
+                    cols: Mutex::new(None),
+                },
+            )
+        })
+    } else {
+        conv2d_nhwc_rows_im2col_op(x, weight, geometry)
+    }
+}
+
+/// The im2col kernel ([`Im2Col`], CUDA or CPU) followed by candle's matmul: two autograd nodes.
+pub(super) fn conv2d_nhwc_rows_im2col_op(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, |x, wt, geometry| {
+        im2col_matmul(x, wt, geometry, |x, geometry| {
+            x.contiguous()?.apply_op1(Im2Col { geometry })
+        })
+    })
+}
+
+/// The same convolution as [`conv2d_nhwc_rows`], with im2col composed of candle ops only (zero
+/// padding, strided views and one concatenation), so it runs and differentiates on any device
+/// that has no kernels of its own here, and is a second implementation to check the others
+/// against. It keeps about twice the im2col matrix per convolution alive for the backward pass
+/// (candle keeps every intermediate), and on an H200 it trained ResNet-18 at 0.4× the speed of
+/// the CUDA im2col kernels (docs/gpu.md).
+pub fn conv2d_nhwc_rows_portable(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, |x, wt, geometry| {
+        im2col_matmul(x, wt, geometry, im2col_by_views)
+    })
+}
+
+/// What the convolutions share: shape checks and the weight as a contiguous (K·K·C_in, C_out)
+/// matrix; `product` turns (x, that matrix) into the (B·OH·OW, C_out) rows.
+pub(super) fn conv_rows(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+    product: impl FnOnce(&Tensor, &Tensor, ConvGeometry) -> Result<Tensor>,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    let (b, h, w, cin) = x.dims4()?;
+    let (cout, wcin, kh, kw) = weight.dims4()?;
+    if wcin != cin || kh != geometry.kernel || kw != geometry.kernel || geometry.stride == 0 {
+        candle_core::bail!(
+            "conv weight {:?} does not fit input with {cin} channels and kernel {} (stride {})",
+            weight.dims(),
+            geometry.kernel,
+            geometry.stride
+        );
+    }
+    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
+    // (C_out, C_in, K, K) → (C_out, K, K, C_in) → (K·K·C_in, C_out), matching im2col's rows.
+    let wt = weight
+        .permute((0, 2, 3, 1))?
+        .reshape((cout, kh * kw * cin))?
+        .t()?
+        .contiguous()?;
+    Ok((product(x, &wt, geometry)?, (b, oh, ow)))
+}
+
+/// im2col as a tensor (`im2col` builds the (B, OH, OW, K·K·C_in) columns; 1×1 stride-1
+/// convolutions skip it), then one candle matmul with `wt`.
+pub(super) fn im2col_matmul(
+    x: &Tensor,
+    wt: &Tensor,
+    geometry: ConvGeometry,
+    im2col: impl FnOnce(&Tensor, ConvGeometry) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, h, w, cin) = x.dims4()?;
+    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
+    let k = geometry.kernel * geometry.kernel * cin;
+    let cols = if geometry.is_pointwise() {
+        x.reshape((b * h * w, cin))?
+    } else {
+        im2col(x, geometry)?.reshape((b * oh * ow, k))?
+    };
+    cols.matmul(wt)
+}
+
+/// im2col of `x` (B, H, W, C) as candle views: (B, OH, OW, K·K·C), rows ordered (ky, kx, c).
+pub(super) fn im2col_by_views(x: &Tensor, geometry: ConvGeometry) -> Result<Tensor> {
+    let (b, h, w, cin) = x.dims4()?;
+    let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
+    let ConvGeometry {
+        kernel,
+        stride,
+        padding,
+    } = geometry;
+    // Pad so that every tap's window (offset < kernel, then `oh` steps of `stride`) fits and
+    // the padded extent divides by the stride: then (Hp, Wp) reshapes to (Hp/s, s, Wp/s, s)
+    // and tap (ky, kx) is the plain view [ky/s .. ky/s+oh, ky%s, kx/s .. kx/s+ow, kx%s].
+    let extent = |n: usize, o: usize| {
+        let needed = (kernel - 1 + stride * o).max(n + padding);
+        needed.div_ceil(stride) * stride
+    };
+    let (hp, wp) = (extent(h, oh), extent(w, ow));
+    let x = x
+        .pad_with_zeros(1, padding, hp - h - padding)?
+        .pad_with_zeros(2, padding, wp - w - padding)?
+        .reshape((b, hp / stride, stride, wp / stride, stride, cin))?;
+    let mut taps = Vec::with_capacity(kernel * kernel);
+    for ky in 0..kernel {
+        for kx in 0..kernel {
+            taps.push(
+                x.narrow(1, ky / stride, oh)?
+                    .narrow(2, ky % stride, 1)?
+                    .narrow(3, kx / stride, ow)?
+                    .narrow(4, kx % stride, 1)?
+                    .squeeze(4)?
+                    .squeeze(2)?,
+            );
+        }
+    }
+    Tensor::cat(&taps, 3)
+}

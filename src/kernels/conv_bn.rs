@@ -1,0 +1,196 @@
+//! A CPU convolution followed by training-mode batch norm (and ReLU) as one autograd node.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::batch_norm::{bn_backward_cpu, bn_forward_cpu};
+use super::conv::{conv_backward_packed, conv_forward_cpu, conv_rows, split_conv_grads};
+use super::{dims4, f32_contiguous, ConvGeometry};
+
+/// What a fused convolution + batch norm keeps from its forward pass for the backward.
+pub(super) struct ConvBnSaved {
+    /// The im2col matrix (None for pointwise convolutions: x is that matrix).
+    cols: Option<Vec<f32>>,
+    /// The convolution's output, the batch norm's input.
+    conv_out: Vec<f32>,
+    /// The weight matrix (K·K·C_in, C_out) and γ the forward pass used.
+    wt: Vec<f32>,
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+/// A CPU convolution followed by training-mode batch norm (and ReLU when `relu`) as one
+/// autograd node over (x (B, H, W, C_in), wt (K·K·C_in, C_out), γβ (2, C_out)). As two nodes,
+/// candle's autograd zero-filled a gradient buffer the size of the convolution's output and
+/// added the batch norm's input gradient into it, every layer; here that gradient lives only
+/// inside the backward pass.
+pub(super) struct ConvBnCpu {
+    geometry: ConvGeometry,
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<ConvBnSaved>>>,
+}
+
+impl CustomOp3 for ConvBnCpu {
+    fn name(&self) -> &'static str {
+        "conv-bn-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(s1, l1, self.name())?;
+        let wt = f32_contiguous(s2, l2, self.name())?;
+        let gamma_beta = f32_contiguous(s3, l3, self.name())?;
+        let dims = dims4(l1, self.name())?;
+        let (_, cout) = l2.shape().dims2()?;
+        if l3.shape().dims2()? != (2, cout) {
+            candle_core::bail!(
+                "{}: γβ must be (2, {cout}), got {:?}",
+                self.name(),
+                l3.dims()
+            );
+        }
+        let (gamma, beta) = gamma_beta.split_at(cout);
+        let (conv_out, cols) = conv_forward_cpu(x, dims, wt, cout, self.geometry)?;
+        let m = conv_out.len() / cout.max(1);
+        let (y, mean, var) = bn_forward_cpu(&conv_out, (m, cout), gamma, beta, self.eps, self.relu);
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(ConvBnSaved {
+                cols,
+                conv_out,
+                wt: wt.to_vec(),
+                gamma: gamma.to_vec(),
+                mean,
+                var,
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, cout))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _gamma_beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = grad.contiguous()?.apply_op3_no_bwd(
+            &res.contiguous()?,
+            &x.contiguous()?,
+            &ConvBnCpuBackward {
+                geometry: self.geometry,
+                eps: self.eps,
+                relu: self.relu,
+                saved: self.saved.clone(),
+            },
+        )?;
+        let (k, cout) = wt.dims2()?;
+        let (dx, dwt, dgb) = split_conv_grads(&packed, x.dims4()?, (k, cout))?;
+        Ok((Some(dx), Some(dwt), Some(dgb.reshape((2, cout))?)))
+    }
+}
+
+/// Backward of [`ConvBnCpu`] over (dy, y, x): one flat tensor, dX (B·H·W·C_in), dW
+/// (K·K·C_in·C_out), then dγ and dβ (C_out each).
+pub(super) struct ConvBnCpuBackward {
+    geometry: ConvGeometry,
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<ConvBnSaved>>>,
+}
+
+impl CustomOp3 for ConvBnCpuBackward {
+    fn name(&self) -> &'static str {
+        "conv-bn-cpu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_contiguous(s1, l1, self.name())?;
+        let y = f32_contiguous(s2, l2, self.name())?;
+        let x = f32_contiguous(s3, l3, self.name())?;
+        let (m, cout) = l1.shape().dims2()?;
+        let dims = dims4(l3, self.name())?;
+        let guard = self.saved.lock().map_err(|_| {
+            candle_core::Error::Msg("conv-bn backward: forward state poisoned".into())
+        })?;
+        let saved = guard.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("conv-bn backward without its forward pass".into())
+        })?;
+        if saved.conv_out.len() != m * cout || y.len() != m * cout {
+            candle_core::bail!("conv-bn backward: gradient does not match the forward pass");
+        }
+        // The batch norm's input gradient, which is the convolution's output gradient.
+        let mut dconv: Vec<f32> = Vec::with_capacity(m * cout);
+        let (dgamma, dbeta) = bn_backward_cpu(
+            (&saved.conv_out, dy, y),
+            (m, cout),
+            &saved.gamma,
+            (&saved.mean, &saved.var),
+            self.eps,
+            self.relu,
+            &mut dconv.spare_capacity_mut()[..m * cout],
+        );
+        // SAFETY: bn_backward_cpu wrote all m·C_out elements.
+        unsafe { dconv.set_len(m * cout) };
+        let tail: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
+        let cols = saved.cols.as_deref();
+        let out =
+            conv_backward_packed(&dconv, &saved.wt, x, dims, cout, self.geometry, cols, &tail)?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// A convolution of channels-last `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
+/// then training-mode batch norm with `gamma` and `beta` (and ReLU when `relu`), on the CPU
+/// as one autograd node ([`ConvBnCpu`]). Returns the (B·OH·OW, C_out) rows, the output's
+/// (B, OH, OW) and the batch (mean, biased variance) for the running averages.
+#[allow(clippy::type_complexity)]
+pub fn conv_bn_rows_train(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, (usize, usize, usize), (Vec<f32>, Vec<f32>))> {
+    let saved = Arc::new(Mutex::new(None));
+    let (rows, dims) = conv_rows(x, weight, geometry, |x, wt, geometry| {
+        let gamma_beta = Tensor::stack(&[gamma, beta], 0)?;
+        x.contiguous()?.apply_op3(
+            wt,
+            &gamma_beta,
+            ConvBnCpu {
+                geometry,
+                eps,
+                relu,
+                saved: saved.clone(),
+            },
+        )
+    })?;
+    let stats = saved
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| (s.mean.clone(), s.var.clone())));
+    let stats =
+        stats.ok_or_else(|| candle_core::Error::Msg("conv-bn ran without statistics".into()))?;
+    Ok((rows, dims, stats))
+}

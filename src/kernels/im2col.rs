@@ -1,0 +1,220 @@
+//! im2col and its adjoint col2im on channels-last batches: candle custom ops (CPU, and CUDA
+//! with the `cuda` feature) and the slice kernels the fused convolution calls.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+#[cfg(feature = "cuda")]
+use super::cuda as gpu;
+use super::{dims4, f32_contiguous, ConvGeometry, Dims4};
+
+/// (B, H, W, C) → (B, OH, OW, K·K·C): each output pixel's receptive field, rows ordered
+/// (ky, kx, c), zeros where the field leaves the padded image.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Im2Col {
+    pub(super) geometry: ConvGeometry,
+}
+
+/// The adjoint of [`Im2Col`]: scatters-and-adds (B, OH, OW, K·K·C) back onto (B, H, W, C).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Col2Im {
+    geometry: ConvGeometry,
+    height: usize,
+    width: usize,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col-nhwc"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_contiguous(storage, layout, self.name())?;
+        let (b, h, w, c) = dims4(layout, self.name())?;
+        let g = self.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let out = im2col_cpu(x, (b, h, w, c), g);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((b, oh, ow, g.kernel * g.kernel * c)),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, h, w, c) = dims4(layout, self.name())?;
+        let g = self.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let out = Shape::from((b, oh, ow, g.kernel * g.kernel * c));
+        gpu::launch("im2col_nhwc", storage, layout, out, [h, w, c, oh, ow], g)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (_, h, w, _) = arg.dims4()?;
+        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im {
+            geometry: self.geometry,
+            height: h,
+            width: w,
+        })?;
+        Ok(Some(grad))
+    }
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im-nhwc"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let cols = f32_contiguous(storage, layout, self.name())?;
+        let (b, oh, ow, row) = dims4(layout, self.name())?;
+        let (h, w) = (self.height, self.width);
+        let c = row / (self.geometry.kernel * self.geometry.kernel);
+        let mut out = vec![0f32; b * h * w * c];
+        col2im_add_cpu(cols, (oh, ow), self.geometry, (h, w, c), &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, oh, ow, row) = dims4(layout, self.name())?;
+        let g = self.geometry;
+        let (h, w) = (self.height, self.width);
+        let c = row / (g.kernel * g.kernel);
+        let out = Shape::from((b, h, w, c));
+        gpu::launch("col2im_nhwc", storage, layout, out, [h, w, c, oh, ow], g)
+    }
+}
+
+/// One output image row (every ox of one oy) of im2col: `dst` is OW rows of K·K·C, each
+/// written exactly once (a copy or a padding zero).
+pub(super) fn im2col_row(
+    image: &[f32],
+    oy: usize,
+    (h, w, c): (usize, usize, usize),
+    g: ConvGeometry,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let row = g.kernel * g.kernel * c;
+    for (ox, cell) in dst.chunks_exact_mut(row).enumerate() {
+        for (ky, taps) in cell.chunks_exact_mut(g.kernel * c).enumerate() {
+            let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+            for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
+                let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                    tap.fill(MaybeUninit::new(0.0));
+                } else {
+                    let src = (iy as usize * w + ix as usize) * c;
+                    for (d, &v) in tap.iter_mut().zip(&image[src..src + c]) {
+                        d.write(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// im2col of whole images, one after the other: `images` is (n, H, W, C), `dst` n·OH·OW rows
+/// of K·K·C, every element written.
+pub(super) fn im2col_images(
+    images: &[f32],
+    (h, w, c): (usize, usize, usize),
+    g: ConvGeometry,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let row = g.kernel * g.kernel * c;
+    for (image, out) in images
+        .chunks_exact(h * w * c)
+        .zip(dst.chunks_exact_mut(oh * ow * row))
+    {
+        for (oy, out_row) in out.chunks_exact_mut(ow * row).enumerate() {
+            im2col_row(image, oy, (h, w, c), g, out_row);
+        }
+    }
+}
+
+/// im2col of a contiguous (B, H, W, C) batch: (B·OH·OW, K·K·C) rows ordered (ky, kx, c),
+/// zeros where the receptive field leaves the image.
+pub(super) fn im2col_cpu(x: &[f32], (b, h, w, c): Dims4, g: ConvGeometry) -> Vec<f32> {
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let row = g.kernel * g.kernel * c;
+    let len = b * oh * ow * row;
+    if len == 0 {
+        return Vec::new();
+    }
+    // Every element is written exactly once below, so the buffer starts uninitialised
+    // instead of being zero-filled first: the matrix is K·K times the size of the activations.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // One output image row (all ox of one (b, oy)) per task.
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(ow * row)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let (bi, oy) = (task / oh, task % oh);
+            let image = &x[bi * h * w * c..(bi + 1) * h * w * c];
+            im2col_row(image, oy, (h, w, c), g, dst);
+        });
+    // SAFETY: the chunks above cover all `len` elements (B·OH tasks of OW·row each) and
+    // every one of them was written.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The adjoint of [`im2col_images`] for whole images: adds each (OH·OW, K·K·C) row of `cols`
+/// back onto the pixels of its receptive field in `out` (n, H, W, C).
+pub(super) fn col2im_add_images(
+    cols: &[f32],
+    (oh, ow): (usize, usize),
+    g: ConvGeometry,
+    (h, w, c): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let row = g.kernel * g.kernel * c;
+    for (image, src_image) in out
+        .chunks_exact_mut(h * w * c)
+        .zip(cols.chunks_exact(oh * ow * row))
+    {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let cell = &src_image[(oy * ow + ox) * row..(oy * ow + ox + 1) * row];
+                g.for_each_tap(oy, ox, h, w, |dst, at| {
+                    let (d, s) = (
+                        &mut image[dst * c..(dst + 1) * c],
+                        &cell[at * c..(at + 1) * c],
+                    );
+                    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                });
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_cpu`]: adds each (B·OH·OW, K·K·C) row back onto the pixels of
+/// its receptive field in `out` (B, H, W, C).
+pub(super) fn col2im_add_cpu(
+    cols: &[f32],
+    (oh, ow): (usize, usize),
+    g: ConvGeometry,
+    (h, w, c): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let row = g.kernel * g.kernel * c;
+    if h * w * c == 0 || oh * ow * row == 0 {
+        return;
+    }
+    // Images are independent: one task per image, no two tasks write the same pixel.
+    out.par_chunks_mut(h * w * c)
+        .zip(cols.par_chunks(oh * ow * row))
+        .for_each(|(image, src)| col2im_add_images(src, (oh, ow), g, (h, w, c), image));
+}
