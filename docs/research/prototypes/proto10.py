@@ -1,14 +1,14 @@
 # Stage 1: Noisier2Noise background removal learned from target + reference: f(x + b - mu) ~ x,
 # clean estimate 2 f(z) - z averaged over K fixed reference crops. Stage 2: IDFD (bank ID + FD)
 # on the cleaned images (or raw, or the oracle digits: --stage2 clean,raw,truth); k-means ACC per
-# epoch. Data: research/prototypes/oracle_data.py. Runs on CUDA when present.
-# usage: python3 research/prototypes/proto10.py --data OUT.npz [--n2n-epochs 30 --shift 2 ...]
+# epoch. Data: oracle_data.py's .npz. Runs on CUDA when present.
+# usage: python3 docs/research/prototypes/proto10.py [--data out/ds/mnist-grass.npz] [--n2n-epochs 30 --shift 2 ...]
 import argparse, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score as ari, normalized_mutual_info_score as nmi
 p=argparse.ArgumentParser()
-p.add_argument('--data',default='/tmp/mnist_grass.npz'); p.add_argument('--n2n-epochs',type=int,default=40)
+p.add_argument('--data',default='out/ds/mnist-grass.npz'); p.add_argument('--n2n-epochs',type=int,default=40)
 p.add_argument('--n2n-width',type=int,default=32); p.add_argument('--k',type=int,default=8)
 p.add_argument('--stage2',default='clean,raw'); p.add_argument('--epochs',type=int,default=60)
 p.add_argument('--arch',default='small'); p.add_argument('--tau',type=float,default=1.0)

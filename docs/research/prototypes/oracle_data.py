@@ -7,9 +7,11 @@ class: target = clip(0.25 * digit + grass) with grass >= 0, hence target >= 0.25
 rounding for the true digit. A Hungarian matching on the violation of that bound pairs rows and
 digits (every pair it chose violates it by 0).
 
-usage: python3 research/prototypes/oracle_data.py /tmp/ds/mnist-grass OUT.npz
+usage: python3 docs/research/prototypes/oracle_data.py [SRC [OUT.npz]]
+(defaults: out/ds/mnist-grass, from `salient datasets build mnist-grass --out out/ds`, and
+out/ds/mnist-grass.npz)
 """
-import gzip, io, sys
+import gzip, io, os, sys
 import numpy as np, pyarrow.parquet as pq, torch
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
@@ -20,10 +22,12 @@ def load(p):
                   for b in t.column('image').to_pylist()])
     return x, (t.column('label').to_numpy() if 'label' in t.column_names else None)
 
-src, out = sys.argv[1], sys.argv[2]
+src = sys.argv[1] if len(sys.argv) > 1 else 'out/ds/mnist-grass'
+out = sys.argv[2] if len(sys.argv) > 2 else 'out/ds/mnist-grass.npz'
+bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'data', 'bundled')
 X, y = load(f'{src}/target.parquet'); B, _ = load(f'{src}/reference.parquet')
-D = np.frombuffer(gzip.open('data/bundled/mnist-images-idx3-ubyte.gz').read()[16:], np.uint8).reshape(-1, 784)
-L = np.frombuffer(gzip.open('data/bundled/mnist-labels-idx1-ubyte.gz').read()[8:], np.uint8)
+D = np.frombuffer(gzip.open(os.path.join(bundled, 'mnist-images-idx3-ubyte.gz')).read()[16:], np.uint8).reshape(-1, 784)
+L = np.frombuffer(gzip.open(os.path.join(bundled, 'mnist-labels-idx1-ubyte.gz')).read()[8:], np.uint8)
 Xf, Df = X / 255.0, D / 255.0
 perm = np.full(len(X), -1)
 for c in range(10):

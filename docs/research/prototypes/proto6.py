@@ -1,7 +1,8 @@
 # Linear salient encoder on reference-whitened pixels, initialised at the whitened-PCA solution;
 # does cIDFD-style training move ACC up or down from that start?
-import sys, time, numpy as np, torch, torch.nn.functional as F
-exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
+import os, sys, time, numpy as np, torch, torch.nn.functional as F
+HERE=os.path.dirname(os.path.abspath(__file__))
+exec(open(os.path.join(HERE,'proj.py')).read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 torch.set_num_threads(int(sys.argv[8]) if len(sys.argv)>8 else 1)

@@ -1,4 +1,4 @@
-import numpy as np, pyarrow.parquet as pq, io
+import numpy as np, pyarrow.parquet as pq, io, os
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 def load(p):
@@ -6,7 +6,9 @@ def load(p):
     X=np.stack([np.asarray(Image.open(io.BytesIO(b)),dtype=np.float32).reshape(-1) for b in t.column('image').to_pylist()])/255
     y=t.column('label').to_numpy() if 'label' in t.column_names else None
     return X,y
-X,y=load('/tmp/ds/mnist-grass/target.parquet'); B,_=load('/tmp/ds/mnist-grass/reference.parquet')
+# mnist-grass from `salient datasets build mnist-grass --out out/ds`; MNIST_GRASS overrides the directory.
+SRC=os.environ.get('MNIST_GRASS','out/ds/mnist-grass')
+X,y=load(os.path.join(SRC,'target.parquet')); B,_=load(os.path.join(SRC,'reference.parquet'))
 print(X.shape,B.shape)
 def acc(y,c):
     k=max(y.max(),c.max())+1; M=np.zeros((k,k))

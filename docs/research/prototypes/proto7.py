@@ -1,6 +1,7 @@
 # Fixed random conv features, then reference whitening in feature space, then k-means.
-import sys, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
+import os, sys, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+HERE=os.path.dirname(os.path.abspath(__file__))
+exec(open(os.path.join(HERE,'proj.py')).read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 torch.set_num_threads(1); torch.manual_seed(0)

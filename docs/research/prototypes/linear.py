@@ -1,11 +1,12 @@
 # Closed-form linear baselines on mnist-grass: reference whitening, a Wiener estimate of the digit
 # (signal covariance = target minus reference covariance), and the top generalised eigenvectors of
-# (target, reference) covariances; k-means on each. Data: oracle_data.py's .npz (argument 1).
+# (target, reference) covariances; k-means on each. Data: oracle_data.py's .npz (argument 1,
+# default out/ds/mnist-grass.npz).
 import sys
 import numpy as np, scipy.linalg as sl
 from sklearn.cluster import KMeans
 from scipy.optimize import linear_sum_assignment
-d=np.load(sys.argv[1] if len(sys.argv)>1 else '/tmp/mnist_grass.npz'); X=d['X']/255.; y=d['y']; B=d['B']/255.; D=d['D']/255.
+d=np.load(sys.argv[1] if len(sys.argv)>1 else 'out/ds/mnist-grass.npz'); X=d['X']/255.; y=d['y']; B=d['B']/255.; D=d['D']/255.
 def acc(c):
     M=np.zeros((10,10)); np.add.at(M,(c,y),1); r,cc=linear_sum_assignment(-M); return M[r,cc].sum()/len(y)
 def km(Z): return acc(KMeans(10,n_init=5,random_state=0).fit_predict(Z))

@@ -1,8 +1,9 @@
 # IDFD (bank ID + FD) on raw target images, then reference whitening of the learned features
 # (feature-space contrast) before k-means: do learned invariances + whitening beat pixel whitening?
-import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-sys.path.insert(0, 'research/prototypes')
-exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
+import os, sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+HERE=os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+exec(open(os.path.join(HERE,'proj.py')).read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 torch.set_num_threads(2); torch.manual_seed(0); np.random.seed(0)

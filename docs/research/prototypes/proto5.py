@@ -1,6 +1,7 @@
-import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-sys.path.insert(0, 'research/prototypes'); import views
-exec(open('research/prototypes/proj.py').read().split("mb=B.mean(0)")[0])
+import os, sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+HERE=os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE); import views
+exec(open(os.path.join(HERE,'proj.py')).read().split("mb=B.mean(0)")[0])
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 torch.set_num_threads(2)
