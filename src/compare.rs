@@ -18,7 +18,8 @@ use crate::train::{ImageSet, Method, TrainConfig};
 pub use crate::baselines::WHITENING_SHRINKAGE;
 
 /// The methods `compare` knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CompareMethod {
     Raw,

@@ -10,7 +10,8 @@ use crate::model::Architecture;
 
 /// Which method to train. IDFD is cIDFD's degenerate setting (λ = 0, no reference data), not a
 /// second code path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     #[default]

@@ -50,7 +50,8 @@ const BRICK_PNG: &[u8] = include_bytes!("../../data/bundled/brick.png");
 const ROWS_PER_GROUP: usize = 2048;
 
 /// A dataset salient can build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     /// MNIST digits on grass (bundled; no network needed).
@@ -58,11 +59,11 @@ pub enum DatasetName {
     /// Fashion-MNIST garments on gravel, brick and grass (Fashion-MNIST fetched from Debian).
     FashionTextures,
     /// MNIST digits 0 and 1 on grass (the contrastive-PCA protocol; bundled).
-    #[value(name = "mnist-grass-01")]
+    #[cfg_attr(feature = "cli", value(name = "mnist-grass-01"))]
     #[serde(rename = "mnist-grass-01")]
     MnistGrass01,
     /// MNIST digits 0, 1 and 2 on grass (the contrastive-VAE protocol; bundled).
-    #[value(name = "mnist-grass-012")]
+    #[cfg_attr(feature = "cli", value(name = "mnist-grass-012"))]
     #[serde(rename = "mnist-grass-012")]
     MnistGrass012,
     /// All ten MNIST digits at random offsets on 36x36 grass crops (bundled).

@@ -31,7 +31,8 @@ use candle_core::{CpuStorage, Layout, Result};
 
 /// Which kernels run an encoder's convolutions and training-mode batch norms. An encoder
 /// carries its choice ([`crate::model::Encoder::set_kernels`]); training uses `auto`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Kernels {
     /// The device's best: `fused` on the CPU and on CUDA (with the `cuda` feature), `portable`
     /// elsewhere.

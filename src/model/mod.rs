@@ -14,7 +14,8 @@ pub(crate) use encoder::Trunk;
 pub use encoder::{l2_normalize, Encoder, INPUT_FILTER_TENSOR};
 
 /// Which encoder architecture to build.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
     /// Four 3×3 convolutions (32-64-128-256, batch norm, stride 2 after the first), global

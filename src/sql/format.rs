@@ -1,7 +1,8 @@
 //! Printing query results as a table, JSON or CSV.
 
 /// How `salient sql` prints results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OutputFormat {
     Table,
     Json,
