@@ -165,11 +165,16 @@ struct WhiteningBasis {
     scales: DVector<f64>,
 }
 
+/// The basis of `reference`'s rows (validated here, for every form of reference whitening).
 fn whitening_basis(
     reference: &[f32],
     d: usize,
     shrinkage: f64,
 ) -> Result<WhiteningBasis, BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input("reference", reference, reference.len() / d, d)?;
     if !(shrinkage.is_finite() && shrinkage > 0.0) {
         return Err(BaselineError::InvalidAlpha(shrinkage));
     }
@@ -194,10 +199,6 @@ pub fn reference_whitening_matrix(
     d: usize,
     shrinkage: f64,
 ) -> Result<DMatrix<f64>, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("reference", reference, reference.len() / d, d)?;
     let basis = whitening_basis(reference, d, shrinkage)?;
     let v = &basis.vectors;
     Ok(v * DMatrix::from_diagonal(&basis.scales) * v.transpose())
@@ -219,7 +220,6 @@ pub fn reference_whitening(
         return Err(BaselineError::ZeroDimension);
     }
     check_input("target", target, target.len() / d, d)?;
-    check_input("reference", reference, reference.len() / d, d)?;
     let basis = whitening_basis(reference, d, shrinkage)?;
     let mut rows = Vec::with_capacity(d * d);
     for (j, scale) in basis.scales.iter().enumerate() {

@@ -287,7 +287,12 @@ impl Trainer {
         for start in (0..set.len()).step_by(batch.max(1)) {
             let end = (start + batch).min(set.len());
             let images: Vec<&[u8]> = (start..end).map(|i| set.image(i)).collect();
-            let x = self.batch_tensor(&images, &AugmentConfig::none(), 0)?;
+            let s = self.shape;
+            let x = Tensor::from_vec(
+                self.norm.batch(&images, s),
+                (images.len(), s.channels, s.height, s.width),
+                &self.device,
+            )?;
             // Detached: candle's autograd graph of a forward pass from the encoder's variables
             // keeps every intermediate tensor alive, so the embeddings of a 10,000-image set held
             // about 5 GiB of activations until the last batch was done.
