@@ -219,8 +219,8 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     if idfd {
                         // IDFD reads no reference set: no reference whitening, and no
                         // neighbours found in reference-whitened pixels.
-                        config.whitening_kernel = 0;
-                        config.neighbour_positives = 0;
+                        config.whitening_kernel = Some(0);
+                        config.neighbour_positives = Some(0);
                     }
                     let train = TrainJob {
                         target: job.target.clone(),

@@ -1,5 +1,11 @@
 //! Training settings: every constant of METHOD.md and every cIDFD knob, with its default.
 //! Read from a TOML file (`--config`) and overridden by command-line flags.
+//!
+//! The defaults are salient's cIDFD, the setting `docs/quality.md` measures: a width-16 small
+//! CNN, reference whitening as the salient encoder's first layer, a two-view contrast with
+//! neighbour positives, small translations instead of IDFD's crops, 30 epochs. METHOD.md's
+//! constants (τ, τ2, α, λ, the SGD settings, batch 128) are the defaults too. The paper read
+//! plainly (ResNet-18, IDFD's augmentation and schedule) is `examples/configs/paper.toml`.
 
 use std::path::Path;
 
@@ -30,6 +36,11 @@ pub enum BankInit {
     FirstPass,
 }
 
+/// cIDFD's reference-whitening filter side when `whitening_kernel` is unset.
+pub const DEFAULT_WHITENING_KERNEL: usize = 9;
+/// cIDFD's neighbour positives when `neighbour_positives` is unset.
+pub const DEFAULT_NEIGHBOUR_POSITIVES: usize = 10;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -49,7 +60,7 @@ pub struct TrainConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     /// Epochs (as fractions of `epochs`) at which the learning rate is multiplied by `lr_gamma`;
-    /// IDFD's 600/950/1300/1650 of 2000.
+    /// IDFD's are 600/950/1300/1650 of 2000 (0.3, 0.475, 0.65, 0.825).
     pub lr_milestones: Vec<f64>,
     pub lr_gamma: f64,
     /// Linear learning-rate warm-up over this many epochs (0: none).
@@ -76,8 +87,9 @@ pub struct TrainConfig {
     pub two_view_tau: f64,
     /// Pair each target image, in the two-view contrast, with a view of one of its K nearest
     /// neighbours in the reference-whitened pixel space instead of a second view of itself
-    /// (0: off). Neighbours share the object more often than not, but never the background.
-    pub neighbour_positives: usize,
+    /// (0: off; unset: the method's default, see [`TrainConfig::neighbour_positives`]).
+    /// Neighbours share the object more often than not, but never the background.
+    pub neighbour_positives: Option<usize>,
     /// Principal components of the whitened pixels the neighbours are found in.
     pub neighbour_components: usize,
     /// Every this many epochs, find the neighbours again in the salient memory bank instead
@@ -91,9 +103,10 @@ pub struct TrainConfig {
     pub bank_momentum: f64,
     pub bank_init: BankInit,
     /// Reference whitening as the salient encoder's fixed first layer: the side of the
-    /// depthwise kernel fitted to the reference images' power spectrum (odd; 0: off). cIDFD
-    /// only (IDFD reads no reference set).
-    pub whitening_kernel: usize,
+    /// depthwise kernel fitted to the reference images' power spectrum (odd; 0: off; unset: the
+    /// method's default, see [`TrainConfig::whitening_kernel`]). cIDFD only (IDFD reads no
+    /// reference set).
+    pub whitening_kernel: Option<usize>,
     /// ε of the whitening filter as a fraction of the mean reference power: larger keeps more
     /// of the frequencies the backgrounds are strong in.
     pub whitening_shrinkage: f64,
@@ -117,31 +130,31 @@ impl Default for TrainConfig {
             head_norm: false,
             dim_salient: 128,
             dim_background: 128,
-            epochs: 20,
+            epochs: 30,
             batch_size: 128,
             lr: 0.03,
             momentum: 0.9,
             weight_decay: 5e-4,
-            lr_milestones: vec![0.3, 0.475, 0.65, 0.825],
+            lr_milestones: vec![0.8],
             lr_gamma: 0.1,
             warmup_epochs: 0,
             tau: 1.0,
             tau2: 2.0,
             alpha: 1.0,
             lambda: 1.0,
-            beta: 5.0,
+            beta: 0.0,
             reference_null: 0.0,
             gamma_xcov: 0.0,
-            two_view_weight: 0.0,
+            two_view_weight: 4.0,
             two_view_tau: 0.5,
-            neighbour_positives: 0,
+            neighbour_positives: None,
             neighbour_components: 64,
             neighbour_refresh_every: 0,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,
             bank_init: BankInit::Random,
-            whitening_kernel: 0,
+            whitening_kernel: None,
             whitening_shrinkage: 1.0,
             augment: AugmentConfig::default(),
             clusters: None,
@@ -173,6 +186,39 @@ impl TrainConfig {
         lr
     }
 
+    /// The side of the reference-whitening filter, 0 for none: as set, else 9 for cIDFD and 0
+    /// for IDFD, which reads no reference set.
+    pub fn whitening_kernel(&self) -> usize {
+        self.whitening_kernel.unwrap_or(match self.method {
+            Method::Cidfd => DEFAULT_WHITENING_KERNEL,
+            Method::Idfd => 0,
+        })
+    }
+
+    /// The number of neighbour positives, 0 for none: as set, else 10 for cIDFD and 0 for
+    /// IDFD (the neighbours are found in reference-whitened pixels).
+    pub fn neighbour_positives(&self) -> usize {
+        self.neighbour_positives.unwrap_or(match self.method {
+            Method::Cidfd => DEFAULT_NEIGHBOUR_POSITIVES,
+            Method::Idfd => 0,
+        })
+    }
+
+    /// The encoders' first-stage width: as set, else the architecture's default.
+    pub fn width(&self) -> usize {
+        self.width.unwrap_or(self.architecture.default_width())
+    }
+
+    /// The same settings with every default that depends on another setting written out.
+    pub fn resolved(&self) -> Self {
+        Self {
+            width: Some(self.width()),
+            whitening_kernel: Some(self.whitening_kernel()),
+            neighbour_positives: Some(self.neighbour_positives()),
+            ..self.clone()
+        }
+    }
+
     /// Whether this run uses the background encoder and the reference set.
     pub fn uses_reference(&self) -> bool {
         self.method == Method::Cidfd
@@ -201,19 +247,19 @@ impl TrainConfig {
             return bad("lr must be positive");
         }
         if self.method == Method::Idfd
-            && (self.whitening_kernel > 0 || self.neighbour_positives > 0)
+            && (self.whitening_kernel() > 0 || self.neighbour_positives() > 0)
         {
             return bad(
                 "whitening_kernel and neighbour_positives are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
         }
-        if self.neighbour_positives > 0 && self.two_view_weight <= 0.0 {
+        if self.neighbour_positives() > 0 && self.two_view_weight <= 0.0 {
             return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
         }
-        if self.neighbour_positives > 0 && self.neighbour_components == 0 {
+        if self.neighbour_positives() > 0 && self.neighbour_components == 0 {
             return bad("neighbour_components must be positive");
         }
-        if self.whitening_kernel.is_multiple_of(2) && self.whitening_kernel != 0 {
+        if self.whitening_kernel().is_multiple_of(2) && self.whitening_kernel() != 0 {
             return bad("whitening_kernel must be odd (or 0 for no whitening)");
         }
         if !(self.whitening_shrinkage.is_finite() && self.whitening_shrinkage > 0.0) {
@@ -223,7 +269,9 @@ impl TrainConfig {
     }
 }
 
-/// Augmentation of target and reference images during training (METHOD.md's by default).
+/// Augmentation of target and reference images during training. The defaults move and
+/// recolour an image a little and never crop it; IDFD's (crops of 0.2–1 of the area, jitter
+/// 0.4) are in `examples/configs/paper.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
@@ -250,20 +298,35 @@ pub struct AugmentConfig {
 impl Default for AugmentConfig {
     fn default() -> Self {
         Self {
+            crop_scale: (1.0, 1.0),
+            crop_ratio: (1.0, 1.0),
+            brightness: 0.2,
+            contrast: 0.2,
+            saturation: 0.4,
+            grayscale_p: 0.2,
+            overlay_p: 0.0,
+            overlay_strength: (0.5, 1.0),
+            translate: 2,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// IDFD's augmentation (METHOD.md): random resized crops of 0.2–1 of the area, colour
+    /// jitter 0.4, grayscale with probability 0.2.
+    pub fn idfd() -> Self {
+        Self {
             crop_scale: (0.2, 1.0),
             crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
             brightness: 0.4,
             contrast: 0.4,
             saturation: 0.4,
             grayscale_p: 0.2,
-            overlay_p: 0.0,
-            overlay_strength: (0.5, 1.0),
             translate: 0,
+            ..Self::default()
         }
     }
-}
 
-impl AugmentConfig {
     /// No augmentation at all (embedding the un-augmented images).
     pub fn none() -> Self {
         Self {
@@ -288,6 +351,7 @@ mod tests {
     fn the_schedule_scales_idfd_milestones_to_the_epochs_run() {
         let c = TrainConfig {
             epochs: 2000,
+            lr_milestones: vec![0.3, 0.475, 0.65, 0.825],
             ..Default::default()
         };
         assert!((c.lr_at(0.0) - 0.03).abs() < 1e-12);
@@ -301,13 +365,13 @@ mod tests {
         for config in [
             TrainConfig {
                 method: Method::Idfd,
-                whitening_kernel: 9,
+                whitening_kernel: Some(9),
                 ..Default::default()
             },
             TrainConfig {
                 method: Method::Idfd,
                 two_view_weight: 1.0,
-                neighbour_positives: 5,
+                neighbour_positives: Some(5),
                 ..Default::default()
             },
         ] {
@@ -319,6 +383,33 @@ mod tests {
             };
             cidfd.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn reference_fitted_defaults_follow_the_method() {
+        let cidfd = TrainConfig::default();
+        cidfd.validate().unwrap();
+        assert_eq!(cidfd.whitening_kernel(), DEFAULT_WHITENING_KERNEL);
+        assert_eq!(cidfd.neighbour_positives(), DEFAULT_NEIGHBOUR_POSITIVES);
+        let idfd = TrainConfig {
+            method: Method::Idfd,
+            ..Default::default()
+        };
+        // IDFD without a word about whitening or neighbours is valid: its defaults are off.
+        idfd.validate().unwrap();
+        assert_eq!(
+            (idfd.whitening_kernel(), idfd.neighbour_positives()),
+            (0, 0)
+        );
+        let resolved = idfd.resolved();
+        assert_eq!(resolved.whitening_kernel, Some(0));
+        assert_eq!(resolved.neighbour_positives, Some(0));
+        assert_eq!(resolved.width, Some(16));
+        // An explicit 0 turns cIDFD's off; TOML reads the same.
+        let off: TrainConfig = toml::from_str("whitening_kernel = 0").unwrap();
+        assert_eq!(off.whitening_kernel(), 0);
+        let idfd: TrainConfig = toml::from_str("method = \"idfd\"").unwrap();
+        idfd.validate().unwrap();
     }
 
     #[test]

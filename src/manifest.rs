@@ -11,6 +11,7 @@ use crate::data::ImageShape;
 pub use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::metrics::ClusterScores;
+use crate::model::Architecture;
 use crate::preprocess::Normalization;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -18,6 +19,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TRAINING_LOG_FILE: &str = "training_log.csv";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const CENTROIDS_TENSOR: &str = "kmeans.centroids";
+/// Version of `manifest.json` this salient writes. Format 2 writes every setting resolved.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Identity of one input file of training.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,10 +76,31 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::File {
-            path,
+        let mut manifest: Self = serde_json::from_str(&text).map_err(|e| Error::File {
+            path: path.clone(),
             message: format!("not a salient manifest ({e})"),
-        })
+        })?;
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(Error::File {
+                path,
+                message: format!(
+                    "manifest format {} is newer than this salient reads ({FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            });
+        }
+        if manifest.format_version < 2 {
+            // Format 1 left unset settings to the defaults of its time: a width-32 small CNN,
+            // and no whitening or neighbours unless written.
+            let config = &mut manifest.config;
+            config.width.get_or_insert(match config.architecture {
+                Architecture::SmallCnn => 32,
+                Architecture::Resnet18 => 64,
+            });
+            config.whitening_kernel.get_or_insert(0);
+            config.neighbour_positives.get_or_insert(0);
+        }
+        Ok(manifest)
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
@@ -85,5 +109,80 @@ impl Manifest {
             &dir.join(MANIFEST_FILE),
             format!("{text}\n").as_bytes(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(format_version: u32, config: TrainConfig) -> Manifest {
+        Manifest {
+            format_version,
+            name: "m".into(),
+            id: String::new(),
+            created: "2026-11-29T00:00:00Z".into(),
+            method: "cidfd".into(),
+            config,
+            input: InputSpec {
+                shape: ImageShape::new(1, 28, 28),
+                normalization: Normalization {
+                    mean: vec![0.5],
+                    std: vec![0.25],
+                },
+            },
+            k: 3,
+            d: 16,
+            kmeans_on: "fresh".into(),
+            training_data: TrainingData {
+                target: vec![],
+                target_rows: 0,
+                reference: vec![],
+                reference_rows: 0,
+            },
+            epochs_trained: 1,
+            metrics: None,
+            weights_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn format_1_manifests_keep_the_defaults_of_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let unset = TrainConfig {
+            width: None,
+            whitening_kernel: None,
+            neighbour_positives: None,
+            ..Default::default()
+        };
+        manifest(1, unset.clone()).write(dir.path()).unwrap();
+        let read = Manifest::read(dir.path()).unwrap().config;
+        assert_eq!(read.width(), 32);
+        assert_eq!(
+            (read.whitening_kernel(), read.neighbour_positives()),
+            (0, 0)
+        );
+
+        // Format 2 writes resolved settings; unset ones take today's defaults.
+        manifest(FORMAT_VERSION, unset).write(dir.path()).unwrap();
+        let read = Manifest::read(dir.path()).unwrap().config;
+        assert_eq!(read.width(), 16);
+        assert_eq!(
+            read.whitening_kernel(),
+            crate::config::DEFAULT_WHITENING_KERNEL
+        );
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        manifest(FORMAT_VERSION + 1, TrainConfig::default())
+            .write(dir.path())
+            .unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(MANIFEST_FILE) && err.contains("newer"),
+            "{err}"
+        );
     }
 }

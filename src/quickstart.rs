@@ -58,7 +58,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     println!(
         "3/5 training cIDFD ({} epochs, width {}; progress below)",
         config.epochs,
-        config.width.unwrap_or(config.architecture.default_width())
+        config.width()
     );
     let report = job::run(&TrainJob {
         target: data.target.to_string_lossy().into_owned(),

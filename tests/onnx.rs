@@ -49,7 +49,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn parity(config: salient::train::TrainConfig) {
     let architecture = config.architecture;
-    let whitening = config.whitening_kernel > 0;
+    let whitening = config.whitening_kernel() > 0;
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, target) = trained(dir.path(), config);
     let manifest = Manifest::read(&model_dir).unwrap();
@@ -135,7 +135,7 @@ fn resnet18_with_head_norm_candle_and_onnx_runtime_agree() {
 #[test]
 fn the_reference_whitening_layer_runs_the_same_in_onnx_runtime() {
     parity(salient::train::TrainConfig {
-        whitening_kernel: 7,
+        whitening_kernel: Some(7),
         ..common::tiny_config()
     });
 }

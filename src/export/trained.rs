@@ -41,7 +41,7 @@ impl TrainedModel {
             })?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let input_filter = if manifest.config.whitening_kernel > 0 {
+        let input_filter = if manifest.config.whitening_kernel() > 0 {
             Some(
                 tensors
                     .get(INPUT_FILTER_TENSOR)
@@ -50,7 +50,7 @@ impl TrainedModel {
                         path: weights.clone(),
                         message: format!(
                             "no `{INPUT_FILTER_TENSOR}` tensor, though the manifest sets whitening_kernel = {}",
-                            manifest.config.whitening_kernel
+                            manifest.config.whitening_kernel()
                         ),
                     })?,
             )
@@ -63,10 +63,7 @@ impl TrainedModel {
                 architecture: manifest.config.architecture,
                 in_channels: manifest.input.shape.channels,
                 dim: manifest.d,
-                width: manifest
-                    .config
-                    .width
-                    .unwrap_or(manifest.config.architecture.default_width()),
+                width: manifest.config.width(),
                 head_norm: manifest.config.head_norm,
             },
             vb.pp("salient"),

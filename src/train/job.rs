@@ -59,7 +59,8 @@ fn fingerprints(spec: &str) -> Result<Vec<FileFingerprint>> {
 }
 
 pub fn run(job: &TrainJob) -> Result<TrainReport> {
-    let config = &job.config;
+    // The manifest records every setting as used, method defaults included.
+    let config = &job.config.resolved();
     config.validate()?;
     let started = Instant::now();
     let options = ReaderOptions {
@@ -117,7 +118,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         reference.as_ref().map_or(0, ImageSet::len),
         job.device.clone(),
     )?;
-    if config.whitening_kernel > 0 || config.neighbour_positives > 0 {
+    if config.whitening_kernel() > 0 || config.neighbour_positives() > 0 {
         // Validation keeps these knobs to cIDFD, which refused to start without a reference.
         let (Some(reference), Some(spec)) = (reference.as_ref(), job.reference.as_deref()) else {
             return Err(Error::Invalid(
@@ -125,13 +126,13 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             ));
         };
         let in_reference = |e: Error| Error::Invalid(format!("reference table `{spec}`: {e}"));
-        if config.whitening_kernel > 0 {
+        if config.whitening_kernel() > 0 {
             // Deterministic in the reference set, so a resumed run fits the same filter again.
             let filter = crate::whitening::WhiteningFilter::fit(
                 &reference.pixels,
                 shape,
                 &norm,
-                config.whitening_kernel,
+                config.whitening_kernel(),
                 config.whitening_shrinkage,
             )
             .map_err(in_reference)?;
@@ -145,11 +146,11 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
                 .set_input_filter(&filter, &job.device)
                 .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
         }
-        if config.neighbour_positives > 0 {
+        if config.neighbour_positives() > 0 {
             let neighbours = super::neighbours::Neighbours::in_whitened_pixels(
                 &target,
                 reference,
-                config.neighbour_positives,
+                config.neighbour_positives(),
                 config.neighbour_components,
             )?;
             match &labels {
@@ -316,7 +317,7 @@ fn write_model(
         .file_name()
         .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
     let manifest = Manifest {
-        format_version: 1,
+        format_version: crate::manifest::FORMAT_VERSION,
         name,
         id: String::new(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

@@ -144,7 +144,7 @@ impl Trainer {
                 architecture: config.architecture,
                 in_channels: shape.channels,
                 dim: config.dim_salient,
-                width: config.width.unwrap_or(config.architecture.default_width()),
+                width: config.width(),
                 head_norm: config.head_norm,
             },
             vb.pp("salient"),
@@ -156,7 +156,7 @@ impl Trainer {
                     architecture: config.architecture,
                     in_channels: shape.channels,
                     dim: config.dim_background,
-                    width: config.width.unwrap_or(config.architecture.default_width()),
+                    width: config.width(),
                     head_norm: config.head_norm,
                 },
                 vb.pp("background"),
@@ -644,7 +644,7 @@ mod tests {
             dim_background: 8,
             width: Some(4),
             two_view_weight: 1.0,
-            neighbour_positives: 2,
+            neighbour_positives: Some(2),
             ..Default::default()
         };
         let norm = Normalization::fit(&pixels, shape);
