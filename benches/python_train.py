@@ -159,4 +159,6 @@ print(json.dumps({
     "torch": torch.__version__,
     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     "tf32": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
+    # The widest vector code PyTorch dispatches to on this processor (DEFAULT, AVX2, AVX512).
+    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
 }))

@@ -58,6 +58,19 @@ struct Args {
     torch_args: Vec<String>,
 }
 
+/// The processor's model name from /proc/cpuinfo (Linux), else "unknown processor".
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown processor".into())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -86,8 +99,19 @@ fn main() -> anyhow::Result<()> {
             .map(|s| first(s, args.rows))
     };
     let (t, r) = (load(&args.target)?, load(&args.reference)?);
+    // What the PyTorch twin computes: instance discrimination, decorrelation and the
+    // reference-salient term, IDFD's augmentation, width 32 (small CNN) or 64 (ResNet-18).
     let config = TrainConfig {
         architecture: args.architecture,
+        width: Some(match args.architecture {
+            Architecture::SmallCnn => 32,
+            Architecture::Resnet18 => 64,
+        }),
+        beta: 5.0,
+        two_view_weight: 0.0,
+        whitening_kernel: Some(0),
+        neighbour_positives: Some(0),
+        augment: salient::train::AugmentConfig::idfd(),
         ..TrainConfig::default()
     };
     let norm = Normalization::fit(&t.pixels, shape);
@@ -159,18 +183,24 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
+        "processor: {} ({})",
+        cpu_model(),
+        salient::device::cpu_vector_extensions()
+    );
+    println!(
         "cIDFD epochs, {} target + {} reference images {shape}, {:?} width {}, batch {}, {cores} cores, median of {} epochs per round, {} round(s)",
         t.len(),
         r.len(),
         config.architecture,
-        config.width.unwrap_or(config.architecture.default_width()),
+        config.width(),
         config.batch_size,
         args.repeats,
         rounds.len()
     );
     let label = format!(
-        "salient (candle, {device_name}, {:?}{})",
+        "salient (candle, {device_name}, {:?}, gemm {}{})",
         args.kernels,
+        salient::device::gemm_kernels(),
         if args.tf32 { ", TF32" } else { "" }
     );
     let salient = median(rounds.iter().map(|r| r.0).collect());
@@ -180,9 +210,10 @@ fn main() -> anyhow::Result<()> {
     };
     let torch = median(rounds.iter().filter_map(|r| r.1).collect());
     let label = format!(
-        "PyTorch {} ({}{})",
+        "PyTorch {} ({}, {}{})",
         python["torch"].as_str().unwrap_or("?"),
         python["device"].as_str().unwrap_or("?"),
+        python["cpu_capability"].as_str().unwrap_or("?"),
         if python["tf32"].as_bool() == Some(true) {
             ", TF32 convs"
         } else {

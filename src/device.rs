@@ -28,6 +28,71 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// The processor's vector extensions that matter to the CPU kernels (AVX2, FMA, AVX-512, AMX),
+/// for benchmark reports: which machine a figure came from.
+pub fn cpu_vector_extensions() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut found = Vec::new();
+        macro_rules! probe {
+            ($($feature:tt),*) => {
+                $(if std::arch::is_x86_feature_detected!($feature) {
+                    found.push($feature);
+                })*
+            };
+        }
+        probe!(
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16"
+        );
+        // AMX detection is not stable in std::arch: read the kernel's flags instead.
+        let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+            info.lines()
+                .find(|l| l.starts_with("flags"))
+                .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_tile"))
+        });
+        if amx {
+            found.push("amx-tile");
+        }
+        if found.is_empty() {
+            "x86-64 (no AVX2)".into()
+        } else {
+            found.join(" ")
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+/// The vector code the `gemm` crate's matrix products dispatch to on this processor at run
+/// time: its x86-v4 (AVX-512) kernels, which salient builds in, where the processor has
+/// AVX-512 F/BW/CD/DQ/VL, else x86-v3 (AVX2 and FMA), else the portable code.
+pub fn gemm_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512cd")
+            && has!("avx512dq")
+            && has!("avx512vl")
+        {
+            return "x86-v4 (AVX-512)";
+        }
+        if has!("avx2") && has!("fma") {
+            return "x86-v3 (AVX2, FMA)";
+        }
+    }
+    "portable"
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal)
