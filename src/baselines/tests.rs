@@ -1,0 +1,298 @@
+//! Tests of `crate::baselines`.
+use super::*;
+#[test]
+fn reference_whitening_amplifies_what_the_backgrounds_do_not_vary_in() {
+    // Background: large variance on axis 0, small on axis 1. Targets differ from each other
+    // only along axis 1 (by 0.5) and share a large axis-0 spread; whitened, the axis-1
+    // difference dominates.
+    let reference = axis_noise(2000, &[3.0, 0.1], 1);
+    let mut target = Vec::new();
+    for i in 0..200 {
+        let a = if i % 2 == 0 { 0.25 } else { -0.25 };
+        let spread = ((i * 37 % 101) as f32 / 101.0 - 0.5) * 6.0;
+        target.extend([spread, a]);
+    }
+    let z = reference_whitening(&target, &reference, 2, 1e-3).unwrap();
+    // nalgebra's eigenpairs are unordered: the axis-1 coordinate is the one that carries
+    // most of the first row.
+    let c = if z[0].abs() > z[1].abs() { 0 } else { 1 };
+    let first = z[c].signum();
+    for (i, row) in z.chunks_exact(2).enumerate() {
+        assert!((row[0] * row[0] + row[1] * row[1] - 1.0).abs() < 1e-5);
+        let expected = if i % 2 == 0 { first } else { -first };
+        assert!(
+            row[c].signum() == expected && row[c].abs() > 0.7,
+            "row {i}: {row:?}"
+        );
+    }
+    // Without whitening the shared axis-0 spread dominates half of the rows.
+    let dominated = target
+        .chunks_exact(2)
+        .filter(|r| r[0].abs() > r[1].abs())
+        .count();
+    assert!(dominated > 100, "{dominated}");
+    assert!(reference_whitening(&target, &reference, 2, 0.0).is_err());
+}
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Rows with independent per-axis noise of the given standard deviations
+/// (sum of 12 uniforms − 6 ≈ standard normal).
+fn axis_noise(n: usize, stds: &[f32], seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .flat_map(|_| stds.to_vec())
+        .map(|s| s * ((0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0))
+        .collect()
+}
+
+#[test]
+fn cpca_finds_the_salient_axis_pca_does_not() {
+    // Target: big variance on axis 0 (shared with the reference),
+    // moderate variance on axis 1 (target only), noise on axis 2.
+    let target = axis_noise(500, &[5.0, 2.0, 0.5], 1);
+    let reference = axis_noise(500, &[5.0, 0.5, 0.5], 2);
+    let p = pca(&target, 500, 3, 1).unwrap();
+    assert!(p.components[0].abs() > 0.99, "{:?}", p.components);
+    for alpha in [1.0, 2.0, 10.0] {
+        let c = cpca(&target, &reference, 3, 1, alpha).unwrap();
+        assert!(
+            c.components[1].abs() > 0.99,
+            "alpha {alpha}: {:?}",
+            c.components
+        );
+        assert_eq!(c.embedding.len(), 500);
+    }
+    // alpha = 0 is PCA of the target.
+    let c0 = cpca(&target, &reference, 3, 1, 0.0).unwrap();
+    assert_eq!(c0.components, p.components);
+}
+
+/// Fixed 8 × 4 matrix `X[i][j] = ((3i + 5j + i·j) % 7) − j/2`, reproduced
+/// in numpy 2.4.6 as
+/// `w, v = np.linalg.eigh(np.cov(X.T)); w[::-1]` (eigenvalues) and
+/// `(X − X.mean(0)) @ v[:, ::-1]` with each column's largest-|·| loading
+/// made positive (embedding). For cPCA the reference is
+/// `R[i][j] = ((2i + j + 3·i·j) % 5) · 0.5` with `alpha = 3` (one negative eigenvalue).
+fn fixture_matrix(rows: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|i| (0..4).map(move |j| ((3 * i + 5 * j + i * j) % 7) as f32 - j as f32 / 2.0))
+        .collect()
+}
+fn fixture_reference(rows: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|i| (0..4).map(move |j| ((2 * i + j + 3 * i * j) % 5) as f32 * 0.5))
+        .collect()
+}
+const NUMPY_PCA_EIGENVALUES: [f64; 4] = [
+    9.165191018985498,
+    5.715404434978306,
+    2.1634833002893887,
+    1.0809212457468091,
+];
+const NUMPY_PCA_EMBEDDING_2: [f64; 16] = [
+    -2.9080510238278148,
+    1.9722774835247383,
+    -2.1690655155956584,
+    -2.4781482261689987,
+    5.279573918972066,
+    3.0008661050577947,
+    1.3785578838809083,
+    0.820433696641488,
+    2.1175433921130646,
+    -3.629992013052249,
+    -2.3911504348107058,
+    0.13491031441450801,
+    1.6006428030959556,
+    -1.7926248439420192,
+    -2.9080510238278148,
+    1.9722774835247383,
+];
+const NUMPY_CPCA_EIGENVALUES: [f64; 4] = [
+    8.150322094208374,
+    5.497830600454337,
+    0.732126092637542,
+    -1.255278787300258,
+];
+const NUMPY_CPCA_EMBEDDING_2: [f64; 16] = [
+    -2.957136480257178,
+    1.9377015193282476,
+    -2.2481456223342517,
+    -2.3609133587799658,
+    5.213218353871603,
+    3.1316783165835185,
+    1.4961183311294435,
+    0.6711200801427104,
+    2.205109189052369,
+    -3.6274947979655026,
+    -2.2086444909302307,
+    0.11919986375876337,
+    1.456617199725422,
+    -1.8089931423960186,
+    -2.957136480257178,
+    1.9377015193282476,
+];
+
+#[test]
+fn pca_matches_numpy() {
+    let x = fixture_matrix(8);
+    let p = pca(&x, 8, 4, 4).unwrap();
+    for (g, e) in p.eigenvalues.iter().zip(NUMPY_PCA_EIGENVALUES) {
+        assert!((g - e).abs() < 1e-9 * e.abs().max(1.0), "{g} vs {e}");
+    }
+    let p2 = pca(&x, 8, 4, 2).unwrap();
+    for (g, e) in p2.embedding.iter().zip(NUMPY_PCA_EMBEDDING_2) {
+        assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+    }
+    // Directions are orthonormal.
+    for a in 0..4 {
+        for b in 0..4 {
+            let dot: f32 = (0..4)
+                .map(|j| p.components[a * 4 + j] * p.components[b * 4 + j])
+                .sum();
+            let want = if a == b { 1.0 } else { 0.0 };
+            assert!((dot - want).abs() < 1e-6);
+        }
+    }
+    // Total variance is preserved.
+    let total: f64 = p.eigenvalues.iter().sum();
+    assert!((total - NUMPY_PCA_EIGENVALUES.iter().sum::<f64>()).abs() < 1e-9);
+}
+
+#[test]
+fn cpca_matches_numpy() {
+    let t = fixture_matrix(8);
+    let r = fixture_reference(10);
+    let c = cpca(&t, &r, 4, 4, 3.0).unwrap();
+    for (g, e) in c.eigenvalues.iter().zip(NUMPY_CPCA_EIGENVALUES) {
+        assert!((g - e).abs() < 1e-9 * e.abs().max(1.0), "{g} vs {e}");
+    }
+    let c2 = cpca(&t, &r, 4, 2, 3.0).unwrap();
+    for (g, e) in c2.embedding.iter().zip(NUMPY_CPCA_EMBEDDING_2) {
+        assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+    }
+    // The grid gives each alpha's own projection, in order.
+    let grid = cpca_grid(&t, &r, 4, 2, &[0.0, 3.0, 1.0]).unwrap();
+    assert_eq!(grid.len(), 3);
+    for (alpha, g) in [0.0, 3.0, 1.0].into_iter().zip(&grid) {
+        let alone = cpca(&t, &r, 4, 2, alpha).unwrap();
+        assert_eq!(g.eigenvalues, alone.eigenvalues, "alpha {alpha}");
+        assert_eq!(g.embedding, alone.embedding, "alpha {alpha}");
+    }
+    assert_eq!(grid[1].embedding, c2.embedding);
+    assert_ne!(grid[0].eigenvalues, grid[1].eigenvalues);
+    assert!(matches!(
+        cpca_grid(&t, &r, 4, 2, &[1.0, f64::NAN]),
+        Err(BaselineError::InvalidAlpha(_))
+    ));
+}
+
+#[test]
+fn transform_reproduces_embedding_and_is_thread_independent() {
+    let x = axis_noise(3000, &[3.0, 1.0, 2.0, 0.1, 0.5], 9);
+    let p = pca(&x, 3000, 5, 3).unwrap();
+    assert_eq!(p.transform(&x).unwrap(), p.embedding);
+    assert_eq!(p.n_components(), 3);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    assert_eq!(pool.install(|| pca(&x, 3000, 5, 3).unwrap()), p);
+}
+
+#[test]
+fn one_dimension() {
+    let p = pca(&[1.0, 2.0, 3.0, 4.0], 4, 1, 1).unwrap();
+    assert_eq!(p.components, vec![1.0]);
+    assert!((p.eigenvalues[0] - 5.0 / 3.0).abs() < 1e-12);
+    assert_eq!(p.embedding, vec![-1.5, -0.5, 0.5, 1.5]);
+}
+
+#[test]
+fn rejects_bad_input() {
+    let x = [0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+    assert_eq!(pca(&x, 3, 0, 1), Err(BaselineError::ZeroDimension));
+    assert!(matches!(
+        pca(&x, 2, 2, 1),
+        Err(BaselineError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        pca(&x[..2], 1, 2, 1),
+        Err(BaselineError::TooFewRows { n: 1, .. })
+    ));
+    assert!(matches!(
+        pca(&[], 0, 2, 1),
+        Err(BaselineError::TooFewRows { n: 0, .. })
+    ));
+    assert_eq!(pca(&x, 3, 2, 0), Err(BaselineError::ZeroComponents));
+    assert_eq!(
+        pca(&x, 3, 2, 3),
+        Err(BaselineError::TooManyComponents {
+            components: 3,
+            d: 2
+        })
+    );
+    let mut bad = x;
+    bad[3] = f32::NAN;
+    assert_eq!(
+        pca(&bad, 3, 2, 1),
+        Err(BaselineError::NonFinite {
+            which: "x",
+            row: 1,
+            col: 1
+        })
+    );
+    assert!(matches!(
+        cpca(&x, &bad, 2, 1, 1.0),
+        Err(BaselineError::NonFinite {
+            which: "reference",
+            ..
+        })
+    ));
+    assert!(matches!(
+        cpca(&x, &x[..5], 2, 1, 1.0),
+        Err(BaselineError::ShapeMismatch {
+            which: "reference",
+            ..
+        })
+    ));
+    assert_eq!(
+        cpca(&x, &x, 2, 1, -1.0),
+        Err(BaselineError::InvalidAlpha(-1.0))
+    );
+    assert!(matches!(
+        cpca(&x, &x, 2, 1, f64::NAN),
+        Err(BaselineError::InvalidAlpha(_))
+    ));
+    assert_eq!(cpca(&x, &x, 0, 1, 1.0), Err(BaselineError::ZeroDimension));
+    let p = pca(&x, 3, 2, 1).unwrap();
+    assert!(matches!(
+        p.transform(&x[..3]),
+        Err(BaselineError::ShapeMismatch { .. })
+    ));
+}
+
+/// MNIST-sized check: 784 dimensions. Ignored by default because debug
+/// builds are slow; run with
+/// `cargo test --release -- --ignored pca_784 --nocapture`.
+#[test]
+#[ignore]
+fn pca_784_timing() {
+    let (n, d) = (10_000, 784);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>()).collect();
+    let t = std::time::Instant::now();
+    let mean = column_mean(&x, d);
+    let cov = covariance(&x, d, &mean);
+    let t_cov = t.elapsed();
+    let t = std::time::Instant::now();
+    let eig = SymmetricEigen::try_new(cov, f64::EPSILON, 1000 * d).unwrap();
+    let t_eig = t.elapsed();
+    println!("n={n} d={d}: covariance {t_cov:?}, eigen {t_eig:?}");
+    assert_eq!(eig.eigenvalues.len(), d);
+    let t = std::time::Instant::now();
+    let p = pca(&x, n, d, 50).unwrap();
+    println!("full pca(50 components): {:?}", t.elapsed());
+    assert_eq!(p.embedding.len(), n * 50);
+}
