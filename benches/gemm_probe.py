@@ -1,6 +1,6 @@
 """PyTorch's and numpy's matrix products at the shapes of the default encoder's convolutions.
 
-The Python side of `cargo run --example gemm_probe` (same shapes, same three products per
+The Python side of `cargo bench --bench gemm_probe` (same shapes, same three products per
 layer, 2 threads): forward cols·W, backward dY·Wᵀ and colsᵀ·dY, as im2col convolution needs.
 usage: python3 benches/gemm_probe.py
 """

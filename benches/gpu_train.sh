@@ -2,7 +2,7 @@
 # The GPU check of issue 8, as one script for a lent GPU machine (which has the NVIDIA driver,
 # PyTorch and its CUDA libraries, but no package registry). Build the binaries on a development
 # machine first (docs/gpu.md), then put into a folder DIR:
-#   DIR/bin.tar.xz   salient and examples/bench_train, `--features cudnn` release builds, stripped,
+#   DIR/bin.tar.xz   salient and bench_train (`cargo bench --no-run`), `--features cudnn` release builds, stripped,
 #                    in one tar compressed with `xz --lzma2=preset=6,dict=512MiB` (the two share
 #                    most of their bytes, candle's kernels, so one wide window stores them once)
 #   DIR/target.parquet, DIR/reference.parquet, DIR/target512.parquet, DIR/reference512.parquet

@@ -1,6 +1,6 @@
 """The Python loop a data engineer would write to embed an image table with the exported model:
 pyarrow record batches, Pillow decode, numpy, onnxruntime. Prints JSON with images/s (median over
-repeats). Used by `cargo run --release --example bench_embed` as the baseline.
+repeats). Used by `cargo bench --bench bench_embed` as the baseline.
 
 usage: python_embed.py MODEL_DIR TABLE.parquet REPEATS THREADS
 """

@@ -1,5 +1,5 @@
-"""The PyTorch twin of salient's default training configuration, for `cargo run --release
---example bench_train`: cIDFD with two small-CNN encoders (or two CIFAR-stem ResNet-18s with
+"""The PyTorch twin of salient's default training configuration, for `cargo bench --bench
+bench_train`: cIDFD with two small-CNN encoders (or two CIFAR-stem ResNet-18s with
 --architecture resnet18) (conv3x3-BN-ReLU at widths 32/64/128/256,
 strides 1/2/2/2, global average pooling, linear to 128), three memory banks with an exact softmax
 (tau 1), feature decorrelation (tau2 2), the reference-salient term (beta 5, g_s on target and

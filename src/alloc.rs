@@ -6,7 +6,7 @@
 //! By default mimalloc still hands memory that stays free for a second back to the kernel
 //! ("purging"). A training step frees and re-allocates the same few hundred MiB of tensors every
 //! step, so purged pages come straight back as page faults, each clearing a 2 MiB huge page:
-//! `clear_page_erms` took 15% of a forward + backward pass (`examples/train_step`; docs/performance.md).
+//! `clear_page_erms` took 15% of a forward + backward pass (`benches/train_step.rs`; docs/performance.md).
 //! [`KeepFreedMemory`] turns purging off while an epoch runs, so the step's working set stays
 //! mapped; it does not grow with the data, only with the batch and the model.
 

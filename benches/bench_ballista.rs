@@ -3,7 +3,7 @@
 //! process running one task at a time, so two executors use two cores.
 //!
 //!     cargo build --release --features ballista
-//!     cargo run --release --features ballista --example bench_ballista -- \
+//!     cargo bench --features ballista --bench bench_ballista -- \
 //!         MODEL_DIR TABLE.parquet [FILES] [REPEATS]
 //!
 //! The table is split into FILES Parquet files (default 8) under a temporary directory.
@@ -86,7 +86,8 @@ fn time_query(model: &str, table: &str, engine: &Engine, repeats: usize) -> anyh
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` appends `--bench`.
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let model = args.next().expect("MODEL_DIR");
     let table = PathBuf::from(args.next().expect("TABLE.parquet"));
     let files: usize = args.next().map_or(Ok(8), |s| s.parse())?;

@@ -1,7 +1,7 @@
 //! Times the pieces of one training step of the default CPU encoder on random 28×28 images:
-//! forward, forward + backward, and a whole cIDFD step. A quick profile, not a benchmark.
+//! forward, and forward + backward. A quick profile, not a benchmark.
 //!
-//!     cargo run --release --example train_step [-- BATCH [WIDTH]]
+//!     cargo bench --bench train_step [-- BATCH [WIDTH]]
 
 use std::time::Instant;
 
@@ -10,8 +10,10 @@ use candle_nn::{VarBuilder, VarMap};
 use salient::model::{Architecture, Encoder, EncoderConfig};
 
 fn main() -> anyhow::Result<()> {
-    let batch: usize = std::env::args().nth(1).map_or(Ok(128), |s| s.parse())?;
-    let width: usize = std::env::args().nth(2).map_or(Ok(32), |s| s.parse())?;
+    // `cargo bench` appends `--bench`.
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    let batch: usize = args.get(1).map_or(Ok(128), |s| s.parse())?;
+    let width: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
     let device = Device::Cpu;
     // As `Trainer::train_epoch` does: keep the step's freed tensors mapped.
     let _keep = salient::alloc::KeepFreedMemory::new();

@@ -6,7 +6,7 @@
 //! one warm-up epoch. The two alternate in `--rounds` rounds (default 3), and the ratio is the
 //! median of the per-round ratios: on shared virtual CPUs the speed drifts over minutes.
 //!
-//!     cargo run --release --example bench_train -- TARGET.parquet REFERENCE.parquet [ROWS] [REPEATS]
+//!     cargo bench --bench bench_train -- TARGET.parquet REFERENCE.parquet [ROWS] [REPEATS]
 //!
 //! On a GPU (a build with `--features cuda` or `cudnn`), the ResNet-18 configuration:
 //!
@@ -87,7 +87,8 @@ fn first(set: ImageSet, rows: usize) -> ImageSet {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // `cargo bench` appends `--bench`.
+    let args = Args::parse_from(std::env::args().filter(|a| a != "--bench"));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let device = salient::device::open(&args.device)?;
     candle_core::cuda::set_gemm_reduced_precision_f32(args.tf32);

@@ -8,7 +8,7 @@
 //! 3. the Python loop a data engineer would write (`benches/python_embed.py`: pyarrow, Pillow,
 //!    numpy, onnxruntime).
 //!
-//!     cargo run --release --example bench_embed -- MODEL_DIR TABLE.parquet [REPEATS]
+//!     cargo bench --bench bench_embed -- MODEL_DIR TABLE.parquet [REPEATS]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +22,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` appends `--bench`.
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let model = PathBuf::from(args.next().expect("MODEL_DIR"));
     let table = PathBuf::from(args.next().expect("TABLE.parquet"));
     let repeats: usize = args.next().map_or(Ok(5), |s| s.parse())?;

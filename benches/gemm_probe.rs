@@ -1,7 +1,7 @@
 //! Times candle's CPU matrix products at the shapes of the default encoder's convolutions
 //! (width 32, batch 128, 28×28): forward cols·W, backward dY·Wᵀ and colsᵀ·dY. Prints GFLOP/s.
 //!
-//!     cargo run --example gemm_probe
+//!     cargo bench --bench gemm_probe
 
 use std::time::Instant;
 
