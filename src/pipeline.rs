@@ -118,6 +118,12 @@ fn key_of(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The train step's key: its data and its settings *resolved*, so that spelling out a default
+/// changes nothing, while a new default (a different width, say) retrains.
+fn train_key(data_key: &str, config: &TrainConfig) -> Result<String> {
+    Ok(key_of(&["train", data_key, &json(&config.resolved())?]))
+}
+
 fn json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Invalid(format!("internal: {e}")))
 }
@@ -218,7 +224,7 @@ pub fn run(pipeline: &Pipeline, force: bool, device: &candle_core::Device) -> Re
 
     // 2. train
     let model = out.join("model");
-    let train_key = key_of(&["train", &data_key, &json(&pipeline.train)?]);
+    let train_key = train_key(&data_key, &pipeline.train)?;
     if done(&state, "train", &train_key, &[&model.join(MANIFEST_FILE)]) {
         record(&mut state, "train", &train_key, StepOutcome::Skipped)?;
     } else {
@@ -322,4 +328,36 @@ pub fn run(pipeline: &Pipeline, force: bool, device: &candle_core::Device) -> Re
         metrics,
         out: out.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_train_key_follows_the_resolved_settings() {
+        let unset = TrainConfig::default();
+        let spelled_out = TrainConfig {
+            width: Some(unset.width()),
+            whitening_kernel: Some(unset.whitening_kernel()),
+            neighbour_positives: Some(unset.neighbour_positives()),
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            train_key("d", &unset).unwrap(),
+            train_key("d", &spelled_out).unwrap()
+        );
+        let wider = TrainConfig {
+            width: Some(unset.width() * 2),
+            ..TrainConfig::default()
+        };
+        assert_ne!(
+            train_key("d", &unset).unwrap(),
+            train_key("d", &wider).unwrap()
+        );
+        assert_ne!(
+            train_key("d", &unset).unwrap(),
+            train_key("e", &unset).unwrap()
+        );
+    }
 }

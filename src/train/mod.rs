@@ -9,6 +9,7 @@
 pub mod augment;
 pub mod bank;
 mod checkpoint;
+mod image_set;
 pub mod job;
 pub mod loss;
 pub mod neighbours;
@@ -24,77 +25,16 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 pub use crate::config::{AugmentConfig, BankInit, Method, TrainConfig};
-use crate::data::{
-    decode_batch, ImageShape, ImageTableReader, LabelRequirement, NullPolicy, ReaderOptions,
-    SizePolicy,
-};
+use crate::data::ImageShape;
 use crate::error::{Error, Result};
 use crate::model::{Encoder, EncoderConfig};
 pub use crate::preprocess::Normalization;
 use bank::MemoryBank;
 pub use checkpoint::safetensors_bytes;
+pub use image_set::ImageSet;
 use loss::LossTerms;
 pub use loss::StepStats;
 use optim::Sgd;
-
-/// A whole image table decoded into memory as uint8 (training needs random access).
-#[derive(Clone, Debug)]
-pub struct ImageSet {
-    pub shape: ImageShape,
-    pub ids: Vec<i64>,
-    pub labels: Vec<Option<i64>>,
-    pub pixels: Vec<u8>,
-}
-
-impl ImageSet {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels[i * self.shape.len()..(i + 1) * self.shape.len()]
-    }
-
-    /// Labels if every row has one (evaluation needs them all).
-    pub fn complete_labels(&self) -> Option<Vec<i64>> {
-        self.labels.iter().copied().collect()
-    }
-
-    /// Reads and decodes a table. NULL images are refused: every row must be trainable.
-    pub fn load(
-        spec: &str,
-        shape: ImageShape,
-        labels: LabelRequirement,
-        size: SizePolicy,
-    ) -> Result<Self> {
-        let options = ReaderOptions {
-            labels,
-            ..Default::default()
-        };
-        let mut set = ImageSet {
-            shape,
-            ids: Vec::new(),
-            labels: Vec::new(),
-            pixels: Vec::new(),
-        };
-        for batch in ImageTableReader::open(spec, options)? {
-            let decoded = decode_batch(&batch?, shape, size, NullPolicy::Refuse)?;
-            set.ids.extend(decoded.ids);
-            set.labels.extend(decoded.labels);
-            set.pixels.extend(decoded.pixels);
-        }
-        if set.is_empty() {
-            return Err(Error::Invalid(format!(
-                "table `{spec}` has no rows to train on"
-            )));
-        }
-        Ok(set)
-    }
-}
 
 /// Mean losses of one epoch, its learning rate and speed.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -606,73 +546,4 @@ fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn embeddings_do_not_keep_the_forward_graph() {
-        let shape = ImageShape::new(1, 12, 12);
-        let n = 6;
-        let set = ImageSet {
-            shape,
-            ids: (0..n as i64).collect(),
-            labels: vec![None; n],
-            pixels: (0..n * shape.len()).map(|i| (i * 7 % 251) as u8).collect(),
-        };
-        let config = TrainConfig {
-            batch_size: 4,
-            dim_salient: 8,
-            dim_background: 8,
-            width: Some(4),
-            ..Default::default()
-        };
-        let norm = Normalization::fit(&set.pixels, shape);
-        let trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
-        let e = trainer.embed_with(&trainer.salient, &set, 4).unwrap();
-        assert_eq!(e.dims(), [n, 8]);
-        assert!(!e.track_op(), "embeddings still reference the forward pass");
-    }
-
-    #[test]
-    fn neighbours_are_found_again_in_the_salient_bank() {
-        let shape = ImageShape::new(1, 12, 12);
-        let n = 8;
-        let pixels: Vec<u8> = (0..n * shape.len()).map(|i| (i * 13 % 251) as u8).collect();
-        let config = TrainConfig {
-            batch_size: 4,
-            dim_salient: 8,
-            dim_background: 8,
-            width: Some(4),
-            two_view_weight: 1.0,
-            neighbour_positives: Some(2),
-            ..Default::default()
-        };
-        let norm = Normalization::fit(&pixels, shape);
-        let mut trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
-        // Without neighbour positives there is nothing to refresh.
-        assert!(trainer.refresh_neighbours_from_bank().unwrap().is_none());
-        // Start from the neighbours of other rows (points on a circle).
-        let start: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                let a = i as f32;
-                [a.cos(), a.sin()]
-            })
-            .collect();
-        trainer.set_neighbours(neighbours::Neighbours::of_rows(&start, 2, 2).unwrap());
-        let bank: Vec<f32> = trainer
-            .bank_s
-            .rows()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want = neighbours::Neighbours::of_rows(&bank, 8, 2).unwrap();
-        let got = trainer
-            .refresh_neighbours_from_bank()
-            .unwrap()
-            .unwrap()
-            .clone();
-        assert_eq!(got, want);
-        assert_eq!(got.k(), 2);
-    }
-}
+mod tests;

@@ -1,0 +1,68 @@
+use super::*;
+
+#[test]
+fn embeddings_do_not_keep_the_forward_graph() {
+    let shape = ImageShape::new(1, 12, 12);
+    let n = 6;
+    let set = ImageSet {
+        shape,
+        ids: (0..n as i64).collect(),
+        labels: vec![None; n],
+        pixels: (0..n * shape.len()).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    let config = TrainConfig {
+        batch_size: 4,
+        dim_salient: 8,
+        dim_background: 8,
+        width: Some(4),
+        ..Default::default()
+    };
+    let norm = Normalization::fit(&set.pixels, shape);
+    let trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
+    let e = trainer.embed_with(&trainer.salient, &set, 4).unwrap();
+    assert_eq!(e.dims(), [n, 8]);
+    assert!(!e.track_op(), "embeddings still reference the forward pass");
+}
+
+#[test]
+fn neighbours_are_found_again_in_the_salient_bank() {
+    let shape = ImageShape::new(1, 12, 12);
+    let n = 8;
+    let pixels: Vec<u8> = (0..n * shape.len()).map(|i| (i * 13 % 251) as u8).collect();
+    let config = TrainConfig {
+        batch_size: 4,
+        dim_salient: 8,
+        dim_background: 8,
+        width: Some(4),
+        two_view_weight: 1.0,
+        neighbour_positives: Some(2),
+        ..Default::default()
+    };
+    let norm = Normalization::fit(&pixels, shape);
+    let mut trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
+    // Without neighbour positives there is nothing to refresh.
+    assert!(trainer.refresh_neighbours_from_bank().unwrap().is_none());
+    // Start from the neighbours of other rows (points on a circle).
+    let start: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let a = i as f32;
+            [a.cos(), a.sin()]
+        })
+        .collect();
+    trainer.set_neighbours(neighbours::Neighbours::of_rows(&start, 2, 2).unwrap());
+    let bank: Vec<f32> = trainer
+        .bank_s
+        .rows()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want = neighbours::Neighbours::of_rows(&bank, 8, 2).unwrap();
+    let got = trainer
+        .refresh_neighbours_from_bank()
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(got, want);
+    assert_eq!(got.k(), 2);
+}
