@@ -48,6 +48,8 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod quickstart;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod shell;
 pub mod sql;
 pub mod train;

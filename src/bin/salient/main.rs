@@ -91,6 +91,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => args.run(),
         Command::Embed(args) => args.run(),
         Command::Sql(args) => args.run(),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => args.run(),
         #[cfg(feature = "ballista")]
         Command::Scheduler(args) => args.run(),
         #[cfg(feature = "ballista")]

@@ -5,6 +5,8 @@ use clap::{Subcommand, ValueEnum};
 
 mod datasets;
 mod model;
+#[cfg(feature = "serve")]
+mod serve;
 mod sql;
 mod train;
 
@@ -28,6 +30,10 @@ pub(crate) enum Command {
     Embed(model::EmbedArgs),
     /// Run SQL with `cluster_embed()` registered. Without SQL, an interactive prompt.
     Sql(sql::SqlArgs),
+    /// Serve SQL with `cluster_embed()` over Arrow Flight SQL (ADBC, JDBC, BI tools): read-only,
+    /// a bearer token required, TLS, per-query limits.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
     /// Run an Apache Ballista scheduler that knows `cluster_embed` (feature `ballista`).
     #[cfg(feature = "ballista")]
     Scheduler(sql::SchedulerArgs),
