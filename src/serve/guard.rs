@@ -247,8 +247,9 @@ impl ExecutionPlan for LimitedExec {
             .session_config()
             .get_extension::<ClientInfo>()
             .map_or_else(|| "unknown".to_string(), |c| c.address.clone());
+        // The whole tree (one_line would show the root node only).
         let plan = datafusion::physical_plan::displayable(self.input.as_ref())
-            .one_line()
+            .indent(false)
             .to_string();
         let plan_sha256 = hex::encode(&Sha256::digest(plan.as_bytes())[..8]);
         let slots = Arc::clone(&self.limits.slots);

@@ -267,7 +267,7 @@ pub async fn termination() {
     }
 }
 
-/// Keeps `Duration` parsing in one place for the CLI and pipelines.
+/// A duration as the CLI takes it (`30s`, `10m`), with the text named on failure.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     humantime::parse_duration(text)
         .map_err(|e| Error::Invalid(format!("`{text}` is not a duration (e.g. 30s, 10m): {e}")))
