@@ -150,70 +150,51 @@ fn adbc_clients_query_cluster_embed_with_a_token_and_nothing_else() {
     assert!(line("token empty ").contains("Unauthenticated"), "{stdout}");
 }
 
+/// Runs `salient serve ARGS` with `token` (or none) in the environment, expects it to refuse to
+/// start, and returns its error output.
+fn refused_at_start(args: &[&str], token: Option<&str>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_salient"));
+    command.arg("serve").args(args);
+    match token {
+        Some(token) => command.env("SALIENT_SERVE_TOKEN", token),
+        None => command.env_remove("SALIENT_SERVE_TOKEN"),
+    };
+    let out = command.output().unwrap();
+    assert!(!out.status.success(), "serve {args:?} started");
+    common::stderr(&out)
+}
+
 #[test]
 fn refuses_to_serve_without_a_token_except_on_loopback_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("no-model");
-    let model_arg = model.display().to_string();
-
-    // No token, no --no-auth.
-    let out = Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args(["serve", "--model", &model_arg])
-        .env_remove("SALIENT_SERVE_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        common::stderr(&out).contains("no token"),
-        "{}",
-        common::stderr(&out)
-    );
-
-    // --no-auth on an address other machines can reach.
-    let out = Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args([
-            "serve",
-            "--model",
-            &model_arg,
-            "--no-auth",
-            "--listen",
-            "0.0.0.0:0",
-        ])
-        .env_remove("SALIENT_SERVE_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        common::stderr(&out).contains("only a loopback address may run without"),
-        "{}",
-        common::stderr(&out)
-    );
-
-    // --no-auth together with a token.
-    let out = Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args(["serve", "--model", &model_arg, "--no-auth"])
-        .env("SALIENT_SERVE_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        common::stderr(&out).contains("exclude each other"),
-        "{}",
-        common::stderr(&out)
-    );
-
-    // An empty token file.
+    let model = dir.path().join("no-model").display().to_string();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_salient"))
-        .args(["serve", "--model", &model_arg, "--token-file"])
-        .arg(&token_file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        common::stderr(&out).contains("the token is empty"),
-        "{}",
-        common::stderr(&out)
-    );
+    let token_file = token_file.display().to_string();
+
+    for (args, token, expected) in [
+        // No token, no --no-auth.
+        (vec!["--model", &model], None, "no token"),
+        // --no-auth on an address other machines can reach.
+        (
+            vec!["--model", &model, "--no-auth", "--listen", "0.0.0.0:0"],
+            None,
+            "only a loopback address may run without",
+        ),
+        // --no-auth together with a token.
+        (
+            vec!["--model", &model, "--no-auth"],
+            Some(TOKEN),
+            "exclude each other",
+        ),
+        // An empty token file.
+        (
+            vec!["--model", &model, "--token-file", &token_file],
+            None,
+            "the token is empty",
+        ),
+    ] {
+        let stderr = refused_at_start(&args, token);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
