@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Python side of the interoperability tests (pyarrow, DuckDB, Pillow).
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# tests/serve.rs makes a self-signed certificate for its TLS test.
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 bash data/scripts/fetch-fashion-mnist.sh
 

@@ -13,8 +13,9 @@
 //!   running at once (the others wait, within the time limit), a time limit and a result-size
 //!   limit, enforced on the result stream itself, which also frees everything when a client
 //!   cancels or disconnects;
-//! - **operable**: one structured log line per query, TLS, graceful shutdown on SIGTERM or
-//!   Ctrl-C with a grace period for running queries.
+//! - **operable**: one structured log line per query, TLS, the standard gRPC health service
+//!   (`grpc.health.v1.Health`, without a token), graceful shutdown on SIGTERM or Ctrl-C with a
+//!   grace period for running queries.
 //!
 //! The models are loaded once, at start-up, for the life of the process: serving a new model
 //! means restarting the server (read-only, it has nothing to lose).
@@ -35,9 +36,11 @@ use datafusion::prelude::SQLOptions;
 use datafusion_flight_sql_server::service::FlightSqlService;
 use datafusion_flight_sql_server::session::SessionStateProvider;
 use tokio::sync::Semaphore;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
+use tonic_health::ServingStatus;
 
 use crate::error::{Error, Result};
 use crate::sql::{ModelSet, SalientOptions};
@@ -212,11 +215,19 @@ pub async fn serve(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // gRPC health (`grpc.health.v1.Health`) answers without a token, as probes and load
+    // balancers expect; it tells only whether the server serves. Every Flight call is checked.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FlightServiceServer<FlightSqlService>>()
+        .await;
+    let flight = InterceptedService::new(
+        FlightServiceServer::new(service),
+        auth::checker(options.auth.clone()),
+    );
     let server = builder
-        .layer(tonic::service::InterceptorLayer::new(auth::checker(
-            options.auth.clone(),
-        )))
-        .add_service(FlightServiceServer::new(service))
+        .add_service(health_service)
+        .add_service(flight)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -232,6 +243,12 @@ pub async fn serve(
                 grace_seconds = options.shutdown_grace.as_secs_f64(),
                 "shutting down: no new calls; running queries may finish"
             );
+            health
+                .set_not_serving::<FlightServiceServer<FlightSqlService>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(options.shutdown_grace, &mut server).await {
                 Ok(finished) => finished,
