@@ -48,6 +48,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod quickstart;
+pub mod report;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod shell;

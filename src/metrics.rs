@@ -52,6 +52,20 @@ pub fn scores<T: Copy + Ord, P: Copy + Ord>(
     })
 }
 
+/// ACC, NMI and ARI from counts of `(class, cluster)` pairs, for callers that stream their
+/// rows and keep only the contingency table (memory independent of the number of rows).
+pub fn scores_from_counts<T: Copy + Ord, P: Copy + Ord>(
+    counts: &[(T, P, u64)],
+) -> Result<ClusterScores, MetricsError> {
+    let c = Contingency::from_counts(counts)?;
+    Ok(ClusterScores {
+        acc: c.acc(),
+        nmi: c.nmi(),
+        ari: c.ari(),
+        n: c.n as usize,
+    })
+}
+
 /// Clustering accuracy: the fraction of samples correctly labelled under the
 /// best one-to-one mapping of clusters to classes. With unequal numbers of
 /// clusters and classes, the unmatched ones count as wrong.
@@ -127,6 +141,46 @@ impl Contingency {
         }
         Ok(Self {
             n: truth.len() as u64,
+            cells,
+            row_sums,
+            col_sums,
+        })
+    }
+
+    fn from_counts<T: Copy + Ord, P: Copy + Ord>(
+        counts: &[(T, P, u64)],
+    ) -> Result<Self, MetricsError> {
+        let counts: Vec<&(T, P, u64)> = counts.iter().filter(|c| c.2 > 0).collect();
+        let truth: Vec<T> = counts.iter().map(|c| c.0).collect();
+        let pred: Vec<P> = counts.iter().map(|c| c.1).collect();
+        let (rows, n_rows) = dense_ids(&truth);
+        let (cols, n_cols) = dense_ids(&pred);
+        let mut cells: Vec<(usize, usize, u64)> = rows
+            .into_iter()
+            .zip(cols)
+            .zip(&counts)
+            .map(|((i, j), c)| (i, j, c.2))
+            .collect();
+        cells.sort_unstable();
+        cells.dedup_by(|next, kept| {
+            let same = next.0 == kept.0 && next.1 == kept.1;
+            if same {
+                kept.2 += next.2;
+            }
+            same
+        });
+        let mut row_sums = vec![0u64; n_rows];
+        let mut col_sums = vec![0u64; n_cols];
+        for &(i, j, v) in &cells {
+            row_sums[i] += v;
+            col_sums[j] += v;
+        }
+        let n: u64 = cells.iter().map(|c| c.2).sum();
+        if n == 0 {
+            return Err(MetricsError::Empty);
+        }
+        Ok(Self {
+            n,
             cells,
             row_sums,
             col_sums,
@@ -469,5 +523,29 @@ mod tests {
         assert_eq!(json, r#"{"acc":1.0,"nmi":1.0,"ari":1.0,"n":4}"#);
         let back: ClusterScores = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn counts_give_the_same_scores_as_the_rows_they_count() {
+        let truth = lcg(7, 500, 4);
+        let pred = lcg(11, 500, 5);
+        let mut counts: std::collections::BTreeMap<(i64, i64), u64> = Default::default();
+        for (&t, &p) in truth.iter().zip(&pred) {
+            *counts.entry((t, p)).or_default() += 1;
+        }
+        // Split one cell in two and add an empty one: both must not matter.
+        let mut cells: Vec<(i64, i64, u64)> =
+            counts.iter().map(|(&(t, p), &n)| (t, p, n)).collect();
+        let (t, p, n) = cells[0];
+        cells[0].2 = 1;
+        cells.push((t, p, n - 1));
+        cells.push((99, 99, 0));
+        let from_rows = scores(&truth, &pred).unwrap();
+        let from_counts = scores_from_counts(&cells).unwrap();
+        assert_eq!(from_counts.n, 500);
+        assert!((from_rows.acc - from_counts.acc).abs() < TOL);
+        assert!((from_rows.nmi - from_counts.nmi).abs() < TOL);
+        assert!((from_rows.ari - from_counts.ari).abs() < TOL);
+        assert!(scores_from_counts::<i64, i64>(&[(1, 1, 0)]).is_err());
     }
 }

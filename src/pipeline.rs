@@ -61,6 +61,8 @@ pub struct Pipeline {
     /// Scores the embedded table's clusters when there is an `[embed]` step, else the model's
     /// clusters on the input.
     pub evaluate: Option<EvaluateStep>,
+    /// The HTML report on the model's clusters, with the reference table when there is one.
+    pub report: Option<ReportStep>,
 }
 
 /// Embeds a table with the exported model (Parquet in, Parquet out through DataFusion).
@@ -71,6 +73,25 @@ pub struct EmbedStep {
     pub input: Option<String>,
     /// Where the embedded table goes (default: `OUT/embedded.parquet`).
     pub output: Option<PathBuf>,
+}
+
+/// Writes `salient report`'s page on the model's clusters (`OUT/report/report.html`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportStep {
+    /// The table to describe (default: the target table).
+    pub input: Option<String>,
+    /// Where report.html and its figures go (default: `OUT/report`).
+    pub out: Option<PathBuf>,
+    /// Rows sampled for the maps.
+    #[serde(default = "default_report_sample")]
+    pub sample: usize,
+    #[serde(default = "default_label")]
+    pub label_column: String,
+}
+
+fn default_report_sample() -> usize {
+    2000
 }
 
 /// What happened to each step of a run.
@@ -321,6 +342,34 @@ pub fn run(pipeline: &Pipeline, force: bool, device: &candle_core::Device) -> Re
             crate::atomic::write_bytes_atomically(&metrics_path, json(&scores)?.as_bytes())?;
             metrics = Some(scores);
             record(&mut state, "evaluate", &key, StepOutcome::Ran)?;
+        }
+    }
+
+    // 6. report
+    if let Some(step) = &pipeline.report {
+        let input = step.input.clone().unwrap_or_else(|| target.clone());
+        let report_dir = step.out.clone().unwrap_or_else(|| out.join("report"));
+        let mut parts = vec![
+            "report".to_string(),
+            model_id.clone(),
+            json(step)?,
+            tables_fingerprint(&input)?,
+        ];
+        if let Some(r) = &reference {
+            parts.push(tables_fingerprint(r)?);
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let key = key_of(&refs);
+        let page = report_dir.join(crate::report::REPORT_FILE);
+        if done(&state, "report", &key, &[&page]) {
+            record(&mut state, "report", &key, StepOutcome::Skipped)?;
+        } else {
+            let mut job = crate::report::ReportJob::new(model.clone(), input, report_dir);
+            job.reference = reference.clone();
+            job.sample = step.sample;
+            job.columns.label = step.label_column.clone();
+            crate::report::run(&job)?;
+            record(&mut state, "report", &key, StepOutcome::Ran)?;
         }
     }
     Ok(RunReport {

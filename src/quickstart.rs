@@ -1,7 +1,8 @@
 //! `salient quickstart`: the README's main job on the bundled data. Builds a bundled dataset,
 //! runs the raw-pixel and linear contrastive baselines, trains cIDFD (which exports the ONNX
-//! graph), embeds the target with `cluster_embed()` in SQL, scores the clusters, and ends with a
-//! table of cIDFD against raw k-means and the best linear baseline, and where everything went.
+//! graph), embeds the target with `cluster_embed()` in SQL, scores the clusters, prints a table
+//! of cIDFD against raw k-means and the best linear baseline, writes the HTML report, and ends
+//! with where everything went.
 
 use std::path::{Path, PathBuf};
 
@@ -22,13 +23,13 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     let data_dir = out.join("data");
     let name = QUICKSTART_DATASET;
     let k = name.classes();
-    println!("1/5 building {name} ({})", name.description());
+    println!("1/6 building {name} ({})", name.description());
     let data = datasets::build(name, &data_dir, seed, &datasets::default_sources_dir())?;
     println!("    target    {}", data.target.display());
     println!("    reference {}", data.reference.display());
 
     println!(
-        "2/5 baselines: k-means on raw pixels, on contrastive PCA (20 components) and on \
+        "2/6 baselines: k-means on raw pixels, on contrastive PCA (20 components) and on \
          reference-whitened pixels"
     );
     let mut config: TrainConfig = toml::from_str(QUICKSTART_CONFIG)
@@ -56,7 +57,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
 
     let model: PathBuf = out.join("model");
     println!(
-        "3/5 training cIDFD ({} epochs, width {}; progress below)",
+        "3/6 training cIDFD ({} epochs, width {}; progress below)",
         config.epochs,
         config.width()
     );
@@ -76,7 +77,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
 
     // Embedding with SQL through the exported ONNX model, as a user of `salient sql` would.
     let clusters = out.join("clusters.parquet");
-    println!("4/5 embedding the target with SQL (ONNX Runtime inside DataFusion):");
+    println!("4/6 embedding the target with SQL (ONNX Runtime inside DataFusion):");
     let sql = format!(
         "COPY (SELECT id, label, c['embedding'] AS embedding, c['cluster_id'] AS cluster_id, \
          c['distance'] AS distance FROM (SELECT id, label, cluster_embed(image) AS c FROM target)) \
@@ -90,7 +91,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         &sql,
     )?;
 
-    println!("5/5 scoring the clusters against the labels (read only now, never by training)");
+    println!("5/6 scoring the clusters against the labels (read only now, never by training)");
     let scores = crate::evaluate::score_embedded(&clusters, "label")?;
     let raw = baselines.iter().find(|(method, _)| method == "raw");
     let best_linear = baselines
@@ -122,7 +123,33 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         "    {:<36} {:>6.3} {:>6.3} {:>6.3}",
         "cIDFD (clusters from SQL)", scores.acc, scores.nmi, scores.ari
     );
+
+    // The methods side by side, for the report's chart.
+    let mut rows = baselines.clone();
+    rows.push((
+        "cidfd".to_string(),
+        compare::Summary::of(&[scores], &[report.seconds]),
+    ));
+    let compare_json = out.join("compare.json");
+    crate::atomic::write_bytes_atomically(
+        &compare_json,
+        serde_json::to_string_pretty(&compare::to_json(&rows))
+            .map_err(|e| crate::Error::Invalid(format!("internal: compare JSON: {e}")))?
+            .as_bytes(),
+    )?;
+    println!("6/6 writing the report: cluster montages, salient and background maps, curves");
+    let mut report_job = crate::report::ReportJob::new(
+        model.clone(),
+        data.target.to_string_lossy().into_owned(),
+        out.join("report"),
+    );
+    report_job.reference = Some(data.reference.to_string_lossy().into_owned());
+    report_job.compare = Some(compare_json);
+    report_job.seed = seed;
+    let page = crate::report::run(&report_job)?;
+
     println!("outputs:");
+    println!("    report           {}", page.html.display());
     println!("    model directory  {}", model.display());
     println!(
         "    ONNX model       {}",

@@ -21,6 +21,8 @@ dim_background = 8
 kmeans_restarts = 2
 [embed]
 [evaluate]
+[report]
+sample = 50
 "#,
         out.display()
     );
@@ -50,13 +52,15 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
             ("train", Ran),
             ("export", Ran),
             ("embed", Ran),
-            ("evaluate", Ran)
+            ("evaluate", Ran),
+            ("report", Ran)
         ]
     );
     // Evaluation scores the embedded table: the clusters the ONNX graph assigned.
     assert_eq!(first.metrics.unwrap().n, 96);
     assert!(out.join(STATE_FILE).is_file() && out.join("metrics.json").is_file());
     assert!(out.join("embedded.parquet").is_file());
+    assert!(out.join("report/report.html").is_file());
 
     let again = run(&pipeline(&out, 1), false, &Device::Cpu).unwrap();
     assert_eq!(
@@ -66,7 +70,8 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
             ("train", Skipped),
             ("export", Skipped),
             ("embed", Skipped),
-            ("evaluate", Skipped)
+            ("evaluate", Skipped),
+            ("report", Skipped)
         ]
     );
     assert_eq!(again.metrics.unwrap().acc, first.metrics.unwrap().acc);
@@ -79,7 +84,8 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
             ("train", Ran),
             ("export", Ran),
             ("embed", Ran),
-            ("evaluate", Ran)
+            ("evaluate", Ran),
+            ("report", Ran)
         ]
     );
 
@@ -87,6 +93,7 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
     // the same bytes (same id), so the embedding that depends on it is still valid.
     std::fs::remove_file(out.join("metrics.json")).unwrap();
     std::fs::remove_file(out.join("model/model.onnx")).unwrap();
+    std::fs::remove_file(out.join("report/report.html")).unwrap();
     let rebuilt = run(&pipeline(&out, 2), false, &Device::Cpu).unwrap();
     assert_eq!(
         outcomes(&rebuilt),
@@ -95,7 +102,8 @@ fn reruns_skip_unchanged_steps_and_changes_rerun_what_follows() {
             ("train", Skipped),
             ("export", Ran),
             ("embed", Skipped),
-            ("evaluate", Ran)
+            ("evaluate", Ran),
+            ("report", Ran)
         ]
     );
 }

@@ -6,8 +6,14 @@ cd "$(dirname "$0")/.."
 
 # Python side of the interoperability tests (pyarrow, DuckDB, Pillow).
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-# tests/serve.rs makes a self-signed certificate for its TLS test.
-command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# tests/serve.rs makes a self-signed certificate for its TLS test (openssl); tests/report.rs
+# renders the report page in headless Chromium.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 bash data/scripts/fetch-fashion-mnist.sh
 

@@ -8,6 +8,9 @@ use crate::model::{Encoder, EncoderConfig, INPUT_FILTER_TENSOR};
 pub struct TrainedModel {
     pub manifest: crate::manifest::Manifest,
     pub encoder: Encoder,
+    /// cIDFD's background encoder (trained on target and reference, not exported); `None` for
+    /// IDFD, which has none.
+    pub background: Option<Encoder>,
     pub centroids: Vec<f32>,
 }
 
@@ -57,17 +60,30 @@ impl TrainedModel {
         } else {
             None
         };
+        let has_background = tensors.keys().any(|k| k.starts_with("background."));
         let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
-        let mut encoder = Encoder::new(
-            EncoderConfig {
-                architecture: manifest.config.architecture,
-                in_channels: manifest.input.shape.channels,
-                dim: manifest.d,
-                width: manifest.config.width(),
-                head_norm: manifest.config.head_norm,
-            },
-            vb.pp("salient"),
-        )?;
+        let encoder_config = |dim| EncoderConfig {
+            architecture: manifest.config.architecture,
+            in_channels: manifest.input.shape.channels,
+            dim,
+            width: manifest.config.width(),
+            head_norm: manifest.config.head_norm,
+        };
+        let mut encoder = Encoder::new(encoder_config(manifest.d), vb.pp("salient"))?;
+        let background = if has_background {
+            Some(
+                Encoder::new(
+                    encoder_config(manifest.config.dim_background),
+                    vb.pp("background"),
+                )
+                .map_err(|e| Error::File {
+                    path: weights.clone(),
+                    message: format!("the background encoder's weights: {e}"),
+                })?,
+            )
+        } else {
+            None
+        };
         if let Some(filter) = input_filter {
             encoder
                 .set_input_filter_tensor(filter)
@@ -79,15 +95,30 @@ impl TrainedModel {
         Ok(Self {
             manifest,
             encoder,
+            background,
             centroids,
         })
     }
 
     /// Salient embeddings (n×d) of decoded uint8 images (n×C×H×W).
     pub fn embed(&self, pixels: &[u8]) -> crate::Result<Vec<f32>> {
+        self.forward(&self.encoder, self.manifest.d, pixels)
+    }
+
+    /// Background embeddings (n×`dim_background`) of decoded uint8 images, or `None` for a
+    /// model without a background encoder (IDFD).
+    pub fn embed_background(&self, pixels: &[u8]) -> crate::Result<Option<Vec<f32>>> {
+        let Some(background) = &self.background else {
+            return Ok(None);
+        };
+        self.forward(background, self.manifest.config.dim_background, pixels)
+            .map(Some)
+    }
+
+    fn forward(&self, encoder: &Encoder, dim: usize, pixels: &[u8]) -> crate::Result<Vec<f32>> {
         let shape = self.manifest.input.shape;
         let n = pixels.len() / shape.len().max(1);
-        let mut out = Vec::with_capacity(n * self.manifest.d);
+        let mut out = Vec::with_capacity(n * dim);
         for start in (0..n).step_by(512) {
             let end = (start + 512).min(n);
             let images: Vec<&[u8]> = (start..end)
@@ -100,7 +131,7 @@ impl TrainedModel {
                 &candle_core::Device::Cpu,
             )?;
             out.extend(
-                self.encoder
+                encoder
                     .forward_t(&x, false)?
                     .flatten_all()?
                     .to_vec1::<f32>()?,

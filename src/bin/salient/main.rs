@@ -90,6 +90,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Export(args) => args.run(),
         Command::Inspect(args) => args.run(),
         Command::Embed(args) => args.run(),
+        Command::Report(args) => args.run(),
         Command::Sql(args) => args.run(),
         #[cfg(feature = "serve")]
         Command::Serve(args) => args.run(),

@@ -5,6 +5,7 @@ use clap::{Subcommand, ValueEnum};
 
 mod datasets;
 mod model;
+mod report;
 #[cfg(feature = "serve")]
 mod serve;
 mod sql;
@@ -28,6 +29,9 @@ pub(crate) enum Command {
     /// Parquet in, Parquet out: every input column plus `embedding`, `cluster_id` and
     /// `distance`, streamed through DataFusion and written atomically.
     Embed(model::EmbedArgs),
+    /// One HTML page to look at a model's clusters: montages, maps of the salient and
+    /// background embeddings, training curves, reference check and scores.
+    Report(report::ReportArgs),
     /// Run SQL with `cluster_embed()` registered. Without SQL, an interactive prompt.
     Sql(sql::SqlArgs),
     /// Serve SQL with `cluster_embed()` over Arrow Flight SQL (ADBC, JDBC, BI tools): read-only,
