@@ -232,12 +232,17 @@ fn a_second_client_gets_the_same_rows_over_tls() {
     let (cert, key) = self_signed_certificate(dir.path());
     let model_arg = model.display().to_string();
     let t = format!("t={}", target.display());
+    // The table comes from a catalogue file, by a path relative to it.
+    let catalog = target.parent().unwrap().join("catalog.toml");
+    let file_name = target.file_name().unwrap().to_string_lossy();
+    std::fs::write(&catalog, format!("[tables]\nt = \"{file_name}\"\n")).unwrap();
+    let catalog = catalog.display().to_string();
     let server = start(
         &[
             "--model",
             &model_arg,
-            "--table",
-            &t,
+            "--catalog",
+            &catalog,
             "--tls-cert",
             &cert,
             "--tls-key",

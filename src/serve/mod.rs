@@ -284,6 +284,35 @@ pub async fn termination() {
     }
 }
 
+/// The tables of a catalogue file, as `NAME=PATH` specs: TOML with one `[tables]` section of
+/// `NAME = "PATH"` entries; relative paths are relative to the file's directory.
+pub fn read_catalog(file: &std::path::Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Catalog {
+        tables: std::collections::BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let catalog: Catalog = toml::from_str(&text).map_err(|e| Error::File {
+        path: file.to_path_buf(),
+        message: format!("not a catalogue (expected a [tables] section of NAME = \"PATH\"): {e}"),
+    })?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    Ok(catalog
+        .tables
+        .into_iter()
+        .map(|(name, path)| {
+            let path = std::path::Path::new(&path);
+            let path = if path.is_relative() {
+                base.join(path)
+            } else {
+                path.to_path_buf()
+            };
+            format!("{name}={}", path.display())
+        })
+        .collect())
+}
+
 /// A duration as the CLI takes it (`30s`, `10m`), with the text named on failure.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     humantime::parse_duration(text)

@@ -154,3 +154,32 @@ fn serving_without_a_token_needs_a_loopback_address() {
     assert!(with_token.validate().is_ok());
     assert!(ServeOptions::default().validate().is_ok());
 }
+
+#[test]
+fn a_catalogue_names_tables_relative_to_itself_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("catalog.toml");
+    std::fs::write(
+        &file,
+        "[tables]\ndigits = \"data/t.parquet\"\nabs = \"/srv/x.parquet\"\n",
+    )
+    .unwrap();
+    let specs = read_catalog(&file).unwrap();
+    assert_eq!(
+        specs,
+        vec![
+            "abs=/srv/x.parquet".to_string(),
+            format!("digits={}", dir.path().join("data/t.parquet").display()),
+        ]
+    );
+    std::fs::write(&file, "[tabels]\nx = \"y\"\n").unwrap();
+    let err = read_catalog(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("catalog.toml") && err.contains("[tables]"),
+        "{err}"
+    );
+    let missing = read_catalog(&dir.path().join("none.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("none.toml"), "{missing}");
+}

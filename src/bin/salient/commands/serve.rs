@@ -16,6 +16,10 @@ pub(crate) struct ServeArgs {
     /// Nothing else is readable.
     #[arg(long = "table")]
     tables: Vec<String>,
+    /// A catalogue of tables: a TOML file with a `[tables]` section of NAME = "PATH" entries
+    /// (relative paths are relative to the file). Adds to --table.
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
     /// HOST:PORT to listen on (port 0: any free port, printed at start-up).
     #[arg(long, default_value = salient::serve::DEFAULT_LISTEN)]
     listen: std::net::SocketAddr,
@@ -96,10 +100,14 @@ impl ServeArgs {
             },
         };
         options.validate()?;
+        let mut tables = self.tables;
+        if let Some(file) = &self.catalog {
+            tables.extend(salient::serve::read_catalog(file)?);
+        }
         let models = Arc::new(salient::shell::load_models(&self.models)?);
         let runtime = salient::sql::runtime()?;
         runtime.block_on(async {
-            let state = salient::serve::served_state(models, &self.tables, &options).await?;
+            let state = salient::serve::served_state(models, &tables, &options).await?;
             let (listener, address) = salient::serve::bind(&options).await?;
             let scheme = if options.tls.is_some() {
                 "grpc+tls"
