@@ -61,17 +61,6 @@ async fn flight_clients(uri: &str, clients: usize) -> anyhow::Result<usize> {
     Ok(rows)
 }
 
-fn processor() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown processor".into())
-}
-
 fn main() -> anyhow::Result<()> {
     // `cargo bench` appends `--bench`.
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -166,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         "`{QUERY}` on {rows} rows of {} with {}; {cores} cores ({}); medians of {repeats}",
         table.display(),
         model.display(),
-        processor()
+        salient::device::cpu_model()
     );
     println!(
         "{:<44} {:>10.0} rows/s",

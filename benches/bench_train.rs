@@ -58,19 +58,6 @@ struct Args {
     torch_args: Vec<String>,
 }
 
-/// The processor's model name from /proc/cpuinfo (Linux), else "unknown processor".
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown processor".into())
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -185,7 +172,7 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "processor: {} ({})",
-        cpu_model(),
+        salient::device::cpu_model(),
         salient::device::cpu_vector_extensions()
     );
     println!(

@@ -28,6 +28,20 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// The processor's model name from /proc/cpuinfo (Linux), else "unknown processor", for
+/// benchmark reports.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown processor".into())
+}
+
 /// The processor's vector extensions that matter to the CPU kernels (AVX2, FMA, AVX-512, AMX),
 /// for benchmark reports: which machine a figure came from.
 pub fn cpu_vector_extensions() -> String {

@@ -132,25 +132,9 @@ fn a_table_without_labels_and_an_idfd_model_get_a_page_with_notes() {
     let (model, data) = common::tiny_model_with(dir.path(), 128, config);
     // The same images without their labels.
     let unlabelled = dir.path().join("unlabelled.parquet");
-    let batches = common::read_batches(&data.target);
-    let mut ids = Vec::new();
-    let mut images = Vec::new();
-    for batch in &batches {
-        let id = batch.column_by_name("id").unwrap();
-        let id = id
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .unwrap();
-        let image = batch.column_by_name("image").unwrap();
-        let image = image
-            .as_any()
-            .downcast_ref::<arrow::array::BinaryArray>()
-            .unwrap();
-        for row in 0..batch.num_rows() {
-            ids.push(id.value(row));
-            images.push(Some(image.value(row).to_vec()));
-        }
-    }
+    let rows = common::read_rows(&data.target);
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let images: Vec<Option<Vec<u8>>> = rows.into_iter().map(|r| Some(r.1)).collect();
     common::write_table(&unlabelled, &ids, &images, None, ImageEncoding::Binary);
     let out = dir.path().join("report");
     let run = report(&[
@@ -188,12 +172,7 @@ fn bad_input_is_named_and_leaves_no_page() {
         64,
     );
     let bad = dir.path().join("bad.parquet");
-    let mut images: Vec<Option<Vec<u8>>> = (0..10u8)
-        .map(|i| Some(common::png_gray(&common::gray_pattern(28, 28, i), 28, 28)))
-        .collect();
-    images[4] = Some(b"not an image".to_vec());
-    let ids: Vec<i64> = (100..110).collect();
-    common::write_table(&bad, &ids, &images, None, ImageEncoding::Binary);
+    common::write_table_with_bad_row(&bad, 100, 4);
     let out = dir.path().join("report");
     let m = model.display().to_string();
     let o = out.display().to_string();

@@ -11,8 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::ImageEncoding;
-
 const TOKEN: &str = "test-token-6f1d";
 
 /// A running `salient serve`, killed (SIGKILL) when dropped.
@@ -167,14 +165,9 @@ fn served_clusters(stdout: &str) -> BTreeMap<String, i64> {
 
 fn served_model(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (model, data) = common::tiny_model(dir, salient::model::Architecture::SmallCnn, false, 192);
-    // A table whose row 7 is not an image.
+    // A table whose row id 7 is not an image.
     let bad = dir.join("bad.parquet");
-    let mut images: Vec<Option<Vec<u8>>> = (0..10u8)
-        .map(|i| Some(common::png_gray(&common::gray_pattern(28, 28, i), 28, 28)))
-        .collect();
-    images[7] = Some(b"definitely not an image".to_vec());
-    let ids: Vec<i64> = (0..10).collect();
-    common::write_table(&bad, &ids, &images, None, ImageEncoding::Binary);
+    common::write_table_with_bad_row(&bad, 0, 7);
     (model, data.target, bad)
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Once;
 
 use image::RgbImage;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -51,6 +52,31 @@ pub fn render(
 pub fn colour(i: usize) -> RGBColor {
     let (r, g, b) = Palette99::pick(i).rgb();
     RGBColor(r, g, b)
+}
+
+/// The legend of every chart: top right, on a translucent white box.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The name of category `i` at the centre of its unit cell `[i, i + 1)` on an axis, and no
+/// label at the other tick positions.
+fn centred_name(names: &[String], v: f64) -> String {
+    let i = v.floor() as usize;
+    if (v - v.floor() - 0.5).abs() < 1e-6 && i < names.len() {
+        names[i].clone()
+    } else {
+        String::new()
+    }
 }
 
 /// `(min, max)` of `values` widened by 5 % (and to a unit range when flat).
@@ -103,13 +129,7 @@ pub fn scatter(
                 .label(name.as_str())
                 .legend(move |(x, y)| Circle::new((x + 5, y), 4, colour(g).filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         Ok(())
     })
 }
@@ -148,13 +168,7 @@ pub fn line_panels(what: &str, x_name: &str, panels: &[(String, Vec<Series>)]) -
                         PathElement::new(vec![(x, y), (x + 16, y)], colour(i).stroke_width(2))
                     });
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 12))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            draw_legend(&mut chart)?;
         }
         Ok(())
     })
@@ -178,14 +192,6 @@ pub fn heat_map(
             .x_label_area_size(40)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..columns as f64, 0f64..rows as f64)?;
-        let name = |names: &[String], v: f64| {
-            let i = v.floor() as usize;
-            if (v - v.floor() - 0.5).abs() < 1e-6 && i < names.len() {
-                names[i].clone()
-            } else {
-                String::new()
-            }
-        };
         chart
             .configure_mesh()
             .disable_mesh()
@@ -193,8 +199,8 @@ pub fn heat_map(
             .y_desc(row_axis)
             .x_labels(2 * columns + 1)
             .y_labels(2 * rows + 1)
-            .x_label_formatter(&|v| name(column_names, *v))
-            .y_label_formatter(&|v| name(row_names, *v))
+            .x_label_formatter(&|v| centred_name(column_names, *v))
+            .y_label_formatter(&|v| centred_name(row_names, *v))
             .label_style((FONT, 12))
             .draw()?;
         for (r, row) in counts.iter().enumerate() {
@@ -235,19 +241,12 @@ pub fn grouped_bars(
             .x_label_area_size(40)
             .y_label_area_size(45)
             .build_cartesian_2d(0f64..groups as f64, 0f64..1.05)?;
-        let method_name = |v: f64| {
-            let i = v.floor() as usize;
-            if (v - v.floor() - 0.5).abs() < 1e-6 && i < methods.len() {
-                methods[i].0.clone()
-            } else {
-                String::new()
-            }
-        };
+        let names: Vec<String> = methods.iter().map(|(name, _)| name.clone()).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(2 * groups + 1)
-            .x_label_formatter(&|v| method_name(*v))
+            .x_label_formatter(&|v| centred_name(&names, *v))
             .y_desc("score")
             .label_style((FONT, 12))
             .draw()?;
@@ -264,13 +263,7 @@ pub fn grouped_bars(
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour(s).filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         Ok(())
     })
 }

@@ -141,6 +141,17 @@ pub fn write_gray_table(path: &Path, first: i64, n: usize, encoding: ImageEncodi
     write_table(path, &ids, &images, Some(&labels), encoding);
 }
 
+/// A table of 10 unlabelled 28×28 grayscale PNGs with ids `first..first+10`, whose row `bad`
+/// holds bytes that are not an image.
+pub fn write_table_with_bad_row(path: &Path, first: i64, bad: usize) {
+    let ids: Vec<i64> = (first..first + 10).collect();
+    let mut images: Vec<Option<Vec<u8>>> = (0..10u8)
+        .map(|i| Some(png_gray(&gray_pattern(28, 28, i), 28, 28)))
+        .collect();
+    images[bad] = Some(b"definitely not an image".to_vec());
+    write_table(path, &ids, &images, None, ImageEncoding::Binary);
+}
+
 pub fn ids_column(ids: &[i64]) -> ArrayRef {
     Arc::new(Int64Array::from(ids.to_vec()))
 }
