@@ -101,7 +101,7 @@ impl Page<'_> {
             method = escape(&m.method),
             k = m.k,
             d = m.d,
-            id = escape(&m.id[..m.id.len().min(16)]),
+            id = escape(&m.id.chars().take(16).collect::<String>()),
             input = escape(&self.job.input),
             rows = self.rows,
         );
