@@ -186,9 +186,10 @@ fn main() -> anyhow::Result<()> {
         rounds.len()
     );
     let label = format!(
-        "salient (candle, {device_name}, {:?}, gemm {}{})",
+        "salient (candle, {device_name}, {:?}, gemm {}, own kernels {}{})",
         args.kernels,
         salient::device::gemm_kernels(),
+        salient::kernels::simd::Simd::current().level().name(),
         if args.tf32 { ", TF32" } else { "" }
     );
     let salient = median(rounds.iter().map(|r| r.0).collect());

@@ -31,15 +31,24 @@ pub fn name(device: &Device) -> String {
 /// The processor's model name from /proc/cpuinfo (Linux), else "unknown processor", for
 /// benchmark reports.
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown processor".into())
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return "unknown processor".into();
+    };
+    // The first processor's "key : value" lines.
+    let field = |key: &str| {
+        info.lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| "unknown processor".into());
+    // Virtual machines often name only the brand ("AMD EPYC"); family and model tell the
+    // generations apart (AMD family 23 is Zen 1 and 2, 25 is Zen 3 and 4).
+    match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => format!("{name}, family {family} model {model}"),
+        _ => name,
+    }
 }
 
 /// The processor's vector extensions that matter to the CPU kernels (AVX2, FMA, AVX-512, AMX),

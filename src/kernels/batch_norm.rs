@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_contiguous;
+use super::simd::Simd;
 
 /// Per-channel batch statistics of the last forward pass, for the running averages.
 pub type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
@@ -30,8 +31,9 @@ pub(super) const ROWS: usize = 256;
 
 /// Column sums over the rows of an (N, ·) matrix, in parallel: `f(rows, acc)` adds one chunk
 /// of at most [`ROWS`] rows into `acc` (`width` f32 sums, short enough to stay exact to
-/// ~1e-6 relative); the chunks' sums add up in f64.
+/// ~1e-6 relative), compiled for `simd`; the chunks' sums add up in f64.
 pub(super) fn column_sums(
+    simd: Simd,
     n: usize,
     width: usize,
     f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
@@ -40,7 +42,7 @@ pub(super) fn column_sums(
         .into_par_iter()
         .map(|chunk| {
             let mut acc = vec![0f32; width];
-            f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc);
+            simd.run(|| f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc));
             acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
         })
         .reduce(
@@ -53,8 +55,8 @@ pub(super) fn column_sums(
 }
 
 /// Per-column mean and biased variance of an (N, C) matrix (two passes: exact for large means).
-pub(super) fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let sums = column_sums(n, c, |rows, acc| {
+pub(super) fn moments(simd: Simd, x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    let sums = column_sums(simd, n, c, |rows, acc| {
         for row in rows {
             for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
                 *a += v;
@@ -62,7 +64,7 @@ pub(super) fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
         }
     });
     let mean: Vec<f32> = sums.iter().map(|s| (s / n as f64) as f32).collect();
-    let sq = column_sums(n, c, |rows, acc| {
+    let sq = column_sums(simd, n, c, |rows, acc| {
         for row in rows {
             for ((a, &v), &m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
                 let d = v - m;
@@ -74,8 +76,9 @@ pub(super) fn moments(x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Training-mode batch norm of (N, C) rows: returns y (with the ReLU when `relu`) and the
-/// batch mean and biased variance per column.
+/// batch mean and biased variance per column; the sweeps are compiled for `simd`.
 pub(super) fn bn_forward_cpu(
+    simd: Simd,
     x: &[f32],
     (n, c): (usize, usize),
     gamma: &[f32],
@@ -86,7 +89,7 @@ pub(super) fn bn_forward_cpu(
     if n * c == 0 {
         return (Vec::new(), vec![0.0; c], vec![0.0; c]);
     }
-    let (mean, var) = moments(x, n, c);
+    let (mean, var) = moments(simd, x, n, c);
     // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
     let scale: Vec<f32> = var
         .iter()
@@ -100,11 +103,14 @@ pub(super) fn bn_forward_cpu(
         .par_chunks_mut(ROWS * c)
         .zip(x.par_chunks(ROWS * c))
         .for_each(|(ys, xs)| {
-            for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
-                for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(&shift)) {
-                    y.write((x * a + b).max(floor));
+            simd.run(|| {
+                for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                    let columns = scale.iter().zip(&shift);
+                    for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(columns) {
+                        y.write((x * a + b).max(floor));
+                    }
                 }
-            }
+            })
         });
     // SAFETY: the chunks cover all n·c elements and every one was written.
     unsafe { y.set_len(n * c) };
@@ -113,9 +119,10 @@ pub(super) fn bn_forward_cpu(
 
 /// The batch norm's backward pass: from its input x, the gradient dy reaching its output, its
 /// output y (for the ReLU's mask) and the forward statistics, writes dx into `dx` (every
-/// element) and returns (dγ, dβ).
+/// element) and returns (dγ, dβ). The sweeps are compiled for `simd`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bn_backward_cpu(
+    simd: Simd,
     (x, dy, y): (&[f32], &[f32], &[f32]),
     (n, c): (usize, usize),
     gamma: &[f32],
@@ -137,7 +144,7 @@ pub(super) fn bn_backward_cpu(
         .collect();
     // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
     // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
-    let sums = column_sums(n, 2 * c, |rows, acc| {
+    let sums = column_sums(simd, n, 2 * c, |rows, acc| {
         let (sum_g, sum_gx) = acc.split_at_mut(c);
         let r = rows.start * c..rows.end * c;
         let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
@@ -170,20 +177,22 @@ pub(super) fn bn_backward_cpu(
         .zip(x.par_chunks(ROWS * c))
         .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
         .for_each(|((dxs, xs), (ds, ys))| {
-            let rows = xs
-                .chunks_exact(c)
-                .zip(ds.chunks_exact(c))
-                .zip(ys.chunks_exact(c));
-            for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
-                let columns = coef_g.iter().zip(coef_x).zip(offset);
-                let values = xr.iter().zip(dr).zip(yr);
-                for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
-                    out.iter_mut().zip(columns).zip(values)
-                {
-                    let g = if yv > floor { dv } else { 0.0 };
-                    o.write(a * g + b * xv + d);
+            simd.run(|| {
+                let rows = xs
+                    .chunks_exact(c)
+                    .zip(ds.chunks_exact(c))
+                    .zip(ys.chunks_exact(c));
+                for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
+                    let columns = coef_g.iter().zip(coef_x).zip(offset);
+                    let values = xr.iter().zip(dr).zip(yr);
+                    for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
+                        out.iter_mut().zip(columns).zip(values)
+                    {
+                        let g = if yv > floor { dv } else { 0.0 };
+                        o.write(a * g + b * xv + d);
+                    }
                 }
-            }
+            })
         });
     (dgamma, dbeta)
 }
@@ -206,7 +215,8 @@ impl CustomOp3 for BatchNormRows {
         let gamma = f32_contiguous(s2, l2, self.name())?;
         let beta = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
-        let (y, mean, var) = bn_forward_cpu(x, (n, c), gamma, beta, self.eps, self.relu);
+        let (y, mean, var) =
+            bn_forward_cpu(Simd::current(), x, (n, c), gamma, beta, self.eps, self.relu);
         if let Ok(mut slot) = self.stats.lock() {
             *slot = Some((mean, var));
         }
@@ -280,6 +290,7 @@ impl CustomOp3 for BatchNormRowsBackward {
         let mut out: Vec<f32> = Vec::with_capacity((n + 2) * c);
         let (dx, tail) = out.spare_capacity_mut()[..(n + 2) * c].split_at_mut(n * c);
         let (dgamma, dbeta) = bn_backward_cpu(
+            Simd::current(),
             (x, dy, y),
             (n, c),
             &self.gamma,

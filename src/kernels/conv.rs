@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_into, matmul_vec};
 use super::im2col::{col2im_add_images, im2col_images, Im2Col};
+use super::simd::Simd;
 use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
@@ -52,6 +53,7 @@ pub(super) fn conv_forward_cpu(
         return Ok((vec![0f32; m * cout], cols));
     }
     let per_task = images_per_task(b, rows_per_image);
+    let simd = Simd::current();
     let mut out: Vec<f32> = Vec::with_capacity(m * cout);
     let out_tasks =
         out.spare_capacity_mut()[..m * cout].par_chunks_mut(per_task * rows_per_image * cout);
@@ -68,7 +70,7 @@ pub(super) fn conv_forward_cpu(
             .zip(cols.spare_capacity_mut()[..m * k].par_chunks_mut(per_task * rows_per_image * k))
             .zip(x.par_chunks(per_task * h * w * c))
             .try_for_each(|((dst, task_cols), images)| {
-                im2col_images(images, (h, w, c), g, task_cols);
+                simd.run(|| im2col_images(images, (h, w, c), g, task_cols));
                 // SAFETY: im2col_images wrote every element of task_cols.
                 let task_cols = unsafe { assume_init(task_cols) };
                 let rows = task_cols.len() / k;
@@ -85,7 +87,8 @@ pub(super) fn conv_forward_cpu(
 
 /// Backward convolution on the CPU: from dY (B·OH·OW, C_out), `wt`, `x` (B, H, W, C_in) and
 /// the forward im2col matrix (None when it is `x`), writes dX (B·H·W·C_in) and
-/// dW (K·K·C_in, C_out) into `dx` and `dwt`, every element.
+/// dW (K·K·C_in, C_out) into `dx` and `dwt`, every element. Without `dx` (an input that
+/// needs no gradient, such as the images into the first layer) dY·Wᵀ and col2im are skipped.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_backward_cpu(
     dy: &[f32],
@@ -95,7 +98,7 @@ pub(super) fn conv_backward_cpu(
     cout: usize,
     g: ConvGeometry,
     cols: Option<&[f32]>,
-    dx: &mut [MaybeUninit<f32>],
+    dx: Option<&mut [MaybeUninit<f32>]>,
     dwt: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
@@ -104,7 +107,7 @@ pub(super) fn conv_backward_cpu(
     if dy.len() != m * cout
         || wt.len() != k * cout
         || x.len() != b * h * w * c
-        || dx.len() != x.len()
+        || dx.as_ref().is_some_and(|dx| dx.len() != x.len())
         || dwt.len() != k * cout
         || cols.is_some_and(|cols| cols.len() != m * k)
     {
@@ -115,7 +118,9 @@ pub(super) fn conv_backward_cpu(
         );
     }
     if m * cout * k == 0 {
-        dx.fill(MaybeUninit::new(0.0));
+        if let Some(dx) = dx {
+            dx.fill(MaybeUninit::new(0.0));
+        }
         dwt.fill(MaybeUninit::new(0.0));
         return Ok(());
     }
@@ -141,10 +146,14 @@ pub(super) fn conv_backward_cpu(
     for (j, d) in dwt.iter_mut().enumerate() {
         d.write(partials.iter().map(|p| p[j]).sum());
     }
+    let Some(dx) = dx else {
+        return Ok(());
+    };
     // dX = col2im(dY · Wᵀ) (wt is (k, C_out) row-major, read transposed), blocked by images:
     // each task's slice of dY · Wᵀ is added onto its own images while in cache, and the
     // B·OH·OW × K·K·C_in product never exists whole.
     let per_task = images_per_task(b, rows_per_image);
+    let simd = Simd::current();
     dx.par_chunks_mut(per_task * h * w * c)
         .zip(dy.par_chunks(per_task * rows_per_image * cout))
         .try_for_each(|(dx, dy)| {
@@ -156,14 +165,14 @@ pub(super) fn conv_backward_cpu(
             dx.fill(MaybeUninit::new(0.0));
             // SAFETY: just filled.
             let dx = unsafe { assume_init_mut(dx) };
-            col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx);
+            simd.run(|| col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx));
             Ok(())
         })
 }
 
 /// [`conv_backward_cpu`] into one flat buffer, as the backward ops return it: dX
-/// (B·H·W·C_in), dW (K·K·C_in·C_out), then `tail` (the fused node's dγ and dβ; empty for a
-/// plain convolution).
+/// (B·H·W·C_in, only when `need_dx`), dW (K·K·C_in·C_out), then `tail` (the fused node's dγ
+/// and dβ; empty for a plain convolution).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_backward_packed(
     dy: &[f32],
@@ -174,12 +183,14 @@ pub(super) fn conv_backward_packed(
     g: ConvGeometry,
     cols: Option<&[f32]>,
     tail: &[f32],
+    need_dx: bool,
 ) -> Result<Vec<f32>> {
-    let dw_len = wt.len();
-    let len = x.len() + dw_len + tail.len();
+    let (dx_len, dw_len) = (if need_dx { x.len() } else { 0 }, wt.len());
+    let len = dx_len + dw_len + tail.len();
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
+    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(dx_len);
     let (dwt, rest) = rest.split_at_mut(dw_len);
+    let dx = need_dx.then_some(dx);
     conv_backward_cpu(dy, wt, x, dims, cout, g, cols, dx, dwt)?;
     for (d, &v) in rest.iter_mut().zip(tail) {
         d.write(v);
@@ -189,15 +200,20 @@ pub(super) fn conv_backward_packed(
     Ok(out)
 }
 
-/// Splits [`conv_backward_packed`]'s output back into dX (B, H, W, C_in), dW (K·K·C_in,
-/// C_out) and the tail.
+/// Splits [`conv_backward_packed`]'s output back into dX (B, H, W, C_in; None unless
+/// `need_dx`), dW (K·K·C_in, C_out) and the tail.
 pub(super) fn split_conv_grads(
     packed: &Tensor,
     (b, h, w, c): Dims4,
     (k, cout): (usize, usize),
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (dx_len, dw_len) = (b * h * w * c, k * cout);
-    let dx = packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?;
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let (dx_len, dw_len) = (if need_dx { b * h * w * c } else { 0 }, k * cout);
+    let dx = if need_dx {
+        Some(packed.narrow(0, 0, dx_len)?.reshape((b, h, w, c))?)
+    } else {
+        None
+    };
     let dwt = packed.narrow(0, dx_len, dw_len)?.reshape((k, cout))?;
     let tail_len = packed.dim(0)?.checked_sub(dx_len + dw_len).ok_or_else(|| {
         candle_core::Error::Msg("conv backward: gradient shorter than dX and dW".into())
@@ -264,10 +280,11 @@ impl CustomOp2 for ConvRowsCpu {
             &ConvRowsCpuBackward {
                 geometry: self.geometry,
                 cols,
+                need_dx: x.track_op(),
             },
         )?;
-        let (dx, dwt, _) = split_conv_grads(&packed, x.dims4()?, wt.dims2()?)?;
-        Ok((Some(dx), Some(dwt)))
+        let (dx, dwt, _) = split_conv_grads(&packed, x.dims4()?, wt.dims2()?, x.track_op())?;
+        Ok((dx, Some(dwt)))
     }
 }
 
@@ -276,6 +293,8 @@ pub(super) struct ConvRowsCpuBackward {
     geometry: ConvGeometry,
     /// The forward im2col matrix (None for pointwise convolutions: x is that matrix).
     cols: Option<Arc<Vec<f32>>>,
+    /// Whether x needs a gradient (it does not when nothing before it has parameters).
+    need_dx: bool,
 }
 
 impl CustomOp3 for ConvRowsCpuBackward {
@@ -298,7 +317,17 @@ impl CustomOp3 for ConvRowsCpuBackward {
         let (_, cout) = l1.shape().dims2()?;
         let dims = dims4(l3, self.name())?;
         let cols = self.cols.as_deref().map(|c| c.as_slice());
-        let out = conv_backward_packed(dy, wt, x, dims, cout, self.geometry, cols, &[])?;
+        let out = conv_backward_packed(
+            dy,
+            wt,
+            x,
+            dims,
+            cout,
+            self.geometry,
+            cols,
+            &[],
+            self.need_dx,
+        )?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

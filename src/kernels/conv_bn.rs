@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::batch_norm::{bn_backward_cpu, bn_forward_cpu};
 use super::conv::{conv_backward_packed, conv_forward_cpu, conv_rows, split_conv_grads};
+use super::simd::Simd;
 use super::{dims4, f32_contiguous, ConvGeometry};
 
 /// What a fused convolution + batch norm keeps from its forward pass for the backward.
@@ -61,8 +62,18 @@ impl CustomOp3 for ConvBnCpu {
         }
         let (gamma, beta) = gamma_beta.split_at(cout);
         let (conv_out, cols) = conv_forward_cpu(x, dims, wt, cout, self.geometry)?;
-        let m = conv_out.len() / cout.max(1);
-        let (y, mean, var) = bn_forward_cpu(&conv_out, (m, cout), gamma, beta, self.eps, self.relu);
+        let (b, h, w, _) = dims;
+        let (oh, ow) = (self.geometry.output_size(h), self.geometry.output_size(w));
+        let m = b * oh * ow;
+        let (y, mean, var) = bn_forward_cpu(
+            Simd::current(),
+            &conv_out,
+            (m, cout),
+            gamma,
+            beta,
+            self.eps,
+            self.relu,
+        );
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some(ConvBnSaved {
                 cols,
@@ -73,7 +84,7 @@ impl CustomOp3 for ConvBnCpu {
                 var,
             });
         }
-        Ok((CpuStorage::F32(y), Shape::from((m, cout))))
+        Ok((CpuStorage::F32(y), Shape::from((b, oh, ow, cout))))
     }
 
     fn bwd(
@@ -92,21 +103,24 @@ impl CustomOp3 for ConvBnCpu {
                 eps: self.eps,
                 relu: self.relu,
                 saved: self.saved.clone(),
+                need_dx: x.track_op(),
             },
         )?;
         let (k, cout) = wt.dims2()?;
-        let (dx, dwt, dgb) = split_conv_grads(&packed, x.dims4()?, (k, cout))?;
-        Ok((Some(dx), Some(dwt), Some(dgb.reshape((2, cout))?)))
+        let (dx, dwt, dgb) = split_conv_grads(&packed, x.dims4()?, (k, cout), x.track_op())?;
+        Ok((dx, Some(dwt), Some(dgb.reshape((2, cout))?)))
     }
 }
 
-/// Backward of [`ConvBnCpu`] over (dy, y, x): one flat tensor, dX (B·H·W·C_in), dW
-/// (K·K·C_in·C_out), then dγ and dβ (C_out each).
+/// Backward of [`ConvBnCpu`] over (dy, y, x): one flat tensor, dX (B·H·W·C_in, when
+/// `need_dx`), dW (K·K·C_in·C_out), then dγ and dβ (C_out each).
 pub(super) struct ConvBnCpuBackward {
     geometry: ConvGeometry,
     eps: f64,
     relu: bool,
     saved: Arc<Mutex<Option<ConvBnSaved>>>,
+    /// Whether x needs a gradient (it does not when nothing before it has parameters).
+    need_dx: bool,
 }
 
 impl CustomOp3 for ConvBnCpuBackward {
@@ -126,7 +140,8 @@ impl CustomOp3 for ConvBnCpuBackward {
         let dy = f32_contiguous(s1, l1, self.name())?;
         let y = f32_contiguous(s2, l2, self.name())?;
         let x = f32_contiguous(s3, l3, self.name())?;
-        let (m, cout) = l1.shape().dims2()?;
+        let (b, oh, ow, cout) = dims4(l1, self.name())?;
+        let m = b * oh * ow;
         let dims = dims4(l3, self.name())?;
         let guard = self.saved.lock().map_err(|_| {
             candle_core::Error::Msg("conv-bn backward: forward state poisoned".into())
@@ -140,6 +155,7 @@ impl CustomOp3 for ConvBnCpuBackward {
         // The batch norm's input gradient, which is the convolution's output gradient.
         let mut dconv: Vec<f32> = Vec::with_capacity(m * cout);
         let (dgamma, dbeta) = bn_backward_cpu(
+            Simd::current(),
             (&saved.conv_out, dy, y),
             (m, cout),
             &saved.gamma,
@@ -152,8 +168,17 @@ impl CustomOp3 for ConvBnCpuBackward {
         unsafe { dconv.set_len(m * cout) };
         let tail: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
         let cols = saved.cols.as_deref();
-        let out =
-            conv_backward_packed(&dconv, &saved.wt, x, dims, cout, self.geometry, cols, &tail)?;
+        let out = conv_backward_packed(
+            &dconv,
+            &saved.wt,
+            x,
+            dims,
+            cout,
+            self.geometry,
+            cols,
+            &tail,
+            self.need_dx,
+        )?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -161,19 +186,21 @@ impl CustomOp3 for ConvBnCpuBackward {
 
 /// A convolution of channels-last `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
 /// then training-mode batch norm with `gamma` and `beta` (and ReLU when `relu`), on the CPU
-/// as one autograd node ([`ConvBnCpu`]). Returns the (B·OH·OW, C_out) rows, the output's
-/// (B, OH, OW) and the batch (mean, biased variance) for the running averages.
+/// as one autograd node ([`ConvBnCpu`]). Returns the channels-last output (B, OH, OW, C_out)
+/// and the batch (mean, biased variance) for the running averages. The node's output is
+/// channels-last itself, so a following layer takes it without a reshape node (each node
+/// between two layers costs a zero-filled gradient buffer and an add in candle's backward).
 #[allow(clippy::type_complexity)]
-pub fn conv_bn_rows_train(
+pub fn conv_bn_train(
     x: &Tensor,
     weight: &Tensor,
     geometry: ConvGeometry,
     (gamma, beta): (&Tensor, &Tensor),
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, (usize, usize, usize), (Vec<f32>, Vec<f32>))> {
+) -> Result<(Tensor, (Vec<f32>, Vec<f32>))> {
     let saved = Arc::new(Mutex::new(None));
-    let (rows, dims) = conv_rows(x, weight, geometry, |x, wt, geometry| {
+    let (y, _) = conv_rows(x, weight, geometry, |x, wt, geometry| {
         let gamma_beta = Tensor::stack(&[gamma, beta], 0)?;
         x.contiguous()?.apply_op3(
             wt,
@@ -192,5 +219,5 @@ pub fn conv_bn_rows_train(
         .and_then(|s| s.as_ref().map(|s| (s.mean.clone(), s.var.clone())));
     let stats =
         stats.ok_or_else(|| candle_core::Error::Msg("conv-bn ran without statistics".into()))?;
-    Ok((rows, dims, stats))
+    Ok((y, stats))
 }

@@ -97,7 +97,9 @@ impl CustomOp1 for Col2Im {
 }
 
 /// One output image row (every ox of one oy) of im2col: `dst` is OW rows of K·K·C, each
-/// written exactly once (a copy or a padding zero).
+/// written exactly once (a copy or a padding zero). Always inlined, as are the two below, so
+/// that a caller's [`super::simd::Simd::run`] compiles them for its instruction set.
+#[inline(always)]
 pub(super) fn im2col_row(
     image: &[f32],
     oy: usize,
@@ -107,11 +109,25 @@ pub(super) fn im2col_row(
 ) {
     let row = g.kernel * g.kernel * c;
     for (ox, cell) in dst.chunks_exact_mut(row).enumerate() {
+        let ix0 = (ox * g.stride) as isize - g.padding as isize;
         for (ky, taps) in cell.chunks_exact_mut(g.kernel * c).enumerate() {
             let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+            if iy < 0 || iy >= h as isize {
+                taps.fill(MaybeUninit::new(0.0));
+                continue;
+            }
+            // Away from the left and right edges, a kernel row's K taps are K·C consecutive
+            // input values: one copy instead of K (most of the work when C is small).
+            if ix0 >= 0 && ix0 as usize + g.kernel <= w {
+                let src = (iy as usize * w + ix0 as usize) * c;
+                for (d, &v) in taps.iter_mut().zip(&image[src..src + g.kernel * c]) {
+                    d.write(v);
+                }
+                continue;
+            }
             for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
                 let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                if ix < 0 || ix >= w as isize {
                     tap.fill(MaybeUninit::new(0.0));
                 } else {
                     let src = (iy as usize * w + ix as usize) * c;
@@ -126,6 +142,7 @@ pub(super) fn im2col_row(
 
 /// im2col of whole images, one after the other: `images` is (n, H, W, C), `dst` n·OH·OW rows
 /// of K·K·C, every element written.
+#[inline(always)]
 pub(super) fn im2col_images(
     images: &[f32],
     (h, w, c): (usize, usize, usize),
@@ -173,6 +190,7 @@ pub(super) fn im2col_cpu(x: &[f32], (b, h, w, c): Dims4, g: ConvGeometry) -> Vec
 
 /// The adjoint of [`im2col_images`] for whole images: adds each (OH·OW, K·K·C) row of `cols`
 /// back onto the pixels of its receptive field in `out` (n, H, W, C).
+#[inline(always)]
 pub(super) fn col2im_add_images(
     cols: &[f32],
     (oh, ow): (usize, usize),

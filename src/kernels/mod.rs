@@ -20,10 +20,11 @@ mod conv_bn;
 mod cuda;
 mod gemm;
 mod im2col;
+pub mod simd;
 
 pub use batch_norm::{batch_norm_rows_train, BatchStats};
 pub use conv::{conv2d_nhwc_rows, conv2d_nhwc_rows_portable};
-pub use conv_bn::conv_bn_rows_train;
+pub use conv_bn::conv_bn_train;
 
 use std::mem::MaybeUninit;
 
@@ -88,6 +89,7 @@ impl ConvGeometry {
     /// Calls `f(pixel, tap)` for every kernel tap of output pixel (oy, ox) that falls inside the
     /// (h, w) input: `pixel` is the input pixel's index (iy·w + ix), `tap` is ky·K + kx, the
     /// tap's slot in an im2col row. Taps in the zero padding are skipped.
+    #[inline(always)]
     fn for_each_tap(
         &self,
         oy: usize,
@@ -221,7 +223,7 @@ mod tests {
             let gamma = Var::from_tensor(&random(&[4], 13)).unwrap();
             let beta = Var::from_tensor(&random(&[4], 14)).unwrap();
             let eps = 1e-5;
-            let (ours, dims, (mean, var)) = conv_bn_rows_train(
+            let (ours, (mean, var)) = conv_bn_train(
                 x.as_tensor(),
                 w.as_tensor(),
                 geometry,
@@ -230,6 +232,8 @@ mod tests {
                 relu,
             )
             .unwrap();
+            let (b, oh, ow, c) = ours.dims4().unwrap();
+            let (dims, ours) = ((b, oh, ow), ours.reshape((b * oh * ow, c)).unwrap());
             let (rows, ref_dims) =
                 conv2d_nhwc_rows_portable(x.as_tensor(), w.as_tensor(), geometry).unwrap();
             let (reference, m, v) =
@@ -318,6 +322,131 @@ mod tests {
             let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
             assert!(d < 1e-4, "relu {relu}: gradient differs by {d}");
         }
+    }
+
+    fn random_vec(n: usize, seed: u64) -> Vec<f32> {
+        random(&[n], seed).to_vec1().unwrap()
+    }
+
+    /// The batch-norm sweeps, im2col and col2im give bit-identical results on every
+    /// instruction set this processor runs (each is forced in turn): the wider vectors change
+    /// how many columns one instruction handles, never the order of any sum. Widths that are
+    /// not multiples of 8 or 16 and more rows than one task's chunk exercise the loop tails.
+    #[test]
+    fn every_simd_level_gives_identical_kernel_results() {
+        use self::simd::Simd;
+        use std::mem::MaybeUninit;
+        let levels = Simd::available();
+        let baseline = levels[0];
+        for (n, c) in [(700, 37), (300, 64), (5, 3)] {
+            let (x, dy) = (random_vec(n * c, 21), random_vec(n * c, 22));
+            let (gamma, beta) = (random_vec(c, 23), random_vec(c, 24));
+            for relu in [false, true] {
+                let run = |simd: Simd| {
+                    let (y, mean, var) =
+                        batch_norm::bn_forward_cpu(simd, &x, (n, c), &gamma, &beta, 1e-5, relu);
+                    let mut dx = vec![MaybeUninit::new(f32::NAN); n * c];
+                    let (dg, db) = batch_norm::bn_backward_cpu(
+                        simd,
+                        (&x, &dy, &y),
+                        (n, c),
+                        &gamma,
+                        (&mean, &var),
+                        1e-5,
+                        relu,
+                        &mut dx,
+                    );
+                    let dx: Vec<f32> = dx.iter().map(|v| unsafe { v.assume_init() }).collect();
+                    (y, mean, var, dx, dg, db)
+                };
+                let expected = run(baseline);
+                assert!(expected.3.iter().all(|v| v.is_finite()), "dx fully written");
+                for &simd in &levels[1..] {
+                    assert_eq!(run(simd), expected, "{:?}, {n}×{c}", simd.level());
+                }
+            }
+        }
+        for (c, geometry) in [
+            (1, (3, 1, 1)),
+            (5, (3, 2, 1)),
+            (33, (3, 2, 1)),
+            (16, (1, 2, 0)),
+        ] {
+            let g = ConvGeometry {
+                kernel: geometry.0,
+                stride: geometry.1,
+                padding: geometry.2,
+            };
+            let (images, h, w) = (3, 9, 7);
+            let x = random_vec(images * h * w * c, 25);
+            let (oh, ow) = (g.output_size(h), g.output_size(w));
+            let row = g.kernel * g.kernel * c;
+            let cols_in = random_vec(images * oh * ow * row, 26);
+            let run = |simd: Simd| {
+                let mut cols = vec![MaybeUninit::new(f32::NAN); images * oh * ow * row];
+                simd.run(|| im2col::im2col_images(&x, (h, w, c), g, &mut cols));
+                let cols: Vec<f32> = cols.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let mut back = x.clone();
+                simd.run(|| im2col::col2im_add_images(&cols_in, (oh, ow), g, (h, w, c), &mut back));
+                (cols, back)
+            };
+            let expected = run(baseline);
+            assert!(
+                expected.0.iter().all(|v| v.is_finite()),
+                "cols fully written"
+            );
+            for &simd in &levels[1..] {
+                assert_eq!(run(simd), expected, "{:?}, {g:?}, c {c}", simd.level());
+            }
+        }
+    }
+
+    /// A convolution whose input needs no gradient (the images into an encoder's first layer)
+    /// returns none for it, skipping dY·Wᵀ and col2im, and still gives the weight, γ and β
+    /// the gradients they get when the input is a variable.
+    #[test]
+    fn no_input_gradient_is_computed_for_an_input_that_needs_none() {
+        let geometry = ConvGeometry {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let plain = random(&[4, 6, 6, 1], 31);
+        let variable = Var::from_tensor(&plain).unwrap();
+        let w = Var::from_tensor(&random(&[5, 1, 3, 3], 32)).unwrap();
+        let gamma = Var::from_tensor(&random(&[5], 33)).unwrap();
+        let beta = Var::from_tensor(&random(&[5], 34)).unwrap();
+        let up = random(&[4 * 6 * 6, 5], 35);
+        let grads = |x: &Tensor| {
+            let (y, _) = conv_bn_train(
+                x,
+                w.as_tensor(),
+                geometry,
+                (gamma.as_tensor(), beta.as_tensor()),
+                1e-5,
+                true,
+            )
+            .unwrap();
+            let y = y.reshape((4 * 6 * 6, 5)).unwrap();
+            (y * &up).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let (g_plain, g_var) = (grads(&plain), grads(variable.as_tensor()));
+        assert!(
+            g_plain.get(&plain).is_none(),
+            "an input gradient was computed"
+        );
+        assert!(g_var.get(variable.as_tensor()).is_some());
+        for (name, var) in [("W", &w), ("γ", &gamma), ("β", &beta)] {
+            let d = max_diff(g_plain.get(var).unwrap(), g_var.get(var).unwrap());
+            assert!(d == 0.0, "gradient of {name} differs by {d}");
+        }
+        let (rows, _) = conv2d_nhwc_rows(&plain, w.as_tensor(), geometry).unwrap();
+        let g = (rows * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            g.get(&plain).is_none(),
+            "plain convolution: input gradient computed"
+        );
+        assert!(g.get(w.as_tensor()).is_some());
     }
 
     /// Both NHWC convolutions (the fused CPU kernels and the portable composition of candle

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use crate::kernels::{
-    batch_norm_rows_train, conv2d_nhwc_rows, conv2d_nhwc_rows_portable, conv_bn_rows_train,
+    batch_norm_rows_train, conv2d_nhwc_rows, conv2d_nhwc_rows_portable, conv_bn_train,
     ConvGeometry, Kernels,
 };
 
@@ -174,19 +174,44 @@ pub(crate) fn conv_bn_rows(
     relu: bool,
 ) -> Result<(Tensor, (usize, usize, usize))> {
     if pass.fused_cpu_training(x.device()) {
-        let (rows, dims, stats) = conv_bn_rows_train(
-            x,
-            &conv.weight,
-            conv.geometry,
-            (&bn.weight, &bn.bias),
-            bn.eps,
-            relu,
-        )?;
-        bn.update_running_from(stats, rows.dim(0)?)?;
-        return Ok((rows, dims));
+        let y = fused_conv_bn(conv, bn, x, relu)?;
+        let (b, oh, ow, c) = y.dims4()?;
+        return Ok((y.reshape((b * oh * ow, c))?, (b, oh, ow)));
     }
     let (rows, dims) = conv.rows(x, pass)?;
     Ok((bn.forward_rows(&rows, pass, relu)?, dims))
+}
+
+/// [`conv_bn_rows`] reshaped to channels-last (B, OH, OW, C_out). The fused CPU node returns
+/// that shape itself, which keeps a reshape node out of the graph between two layers.
+pub(crate) fn conv_bn_nhwc(
+    conv: &Conv,
+    bn: &RowBatchNorm,
+    x: &Tensor,
+    pass: Pass,
+    relu: bool,
+) -> Result<Tensor> {
+    if pass.fused_cpu_training(x.device()) {
+        return fused_conv_bn(conv, bn, x, relu);
+    }
+    let (rows, (b, oh, ow)) = conv_bn_rows(conv, bn, x, pass, relu)?;
+    let c = rows.dim(1)?;
+    rows.reshape((b, oh, ow, c))
+}
+
+/// The fused CPU training node, with the batch norm's running averages updated.
+fn fused_conv_bn(conv: &Conv, bn: &RowBatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
+    let (y, stats) = conv_bn_train(
+        x,
+        &conv.weight,
+        conv.geometry,
+        (&bn.weight, &bn.bias),
+        bn.eps,
+        relu,
+    )?;
+    let (b, oh, ow, _) = y.dims4()?;
+    bn.update_running_from(stats, b * oh * ow)?;
+    Ok(y)
 }
 
 /// conv → batch norm → ReLU, channels-last in and out.
@@ -205,9 +230,7 @@ impl ConvBn {
     }
 
     pub(crate) fn forward_t(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let (rows, (b, oh, ow)) = conv_bn_rows(&self.conv, &self.bn, x, pass, true)?;
-        let c = rows.dim(1)?;
-        rows.reshape((b, oh, ow, c))
+        conv_bn_nhwc(&self.conv, &self.bn, x, pass, true)
     }
 }
 
@@ -241,9 +264,8 @@ impl BasicBlock {
     }
 
     pub(crate) fn forward_t(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let (rows, (b, oh, ow)) = conv_bn_rows(&self.conv1, &self.bn1, x, pass, true)?;
-        let c = rows.dim(1)?;
-        let y = rows.reshape((b, oh, ow, c))?;
+        let y = conv_bn_nhwc(&self.conv1, &self.bn1, x, pass, true)?;
+        let (b, oh, ow, c) = y.dims4()?;
         let (y, _) = conv_bn_rows(&self.conv2, &self.bn2, &y, pass, false)?;
         let s = match &self.shortcut {
             Some((conv, bn)) => conv_bn_rows(conv, bn, x, pass, false)?.0,
