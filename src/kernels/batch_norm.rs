@@ -75,6 +75,91 @@ pub(super) fn moments(simd: Simd, x: &[f32], n: usize, c: usize) -> (Vec<f32>, V
     (mean, sq.iter().map(|s| (s / n as f64) as f32).collect())
 }
 
+/// Moments of one block of (·, C) rows, for [`combine_moments`]: (rows, per-column mean,
+/// per-column sum of squared deviations from that mean). The corrected two-pass algorithm
+/// (Chan, Golub and LeVeque): a first pass for an f32 mean m, a second for Σ(x − m) and
+/// Σ(x − m)², which remove m's rounding error from both results; the block is small enough
+/// to stay in cache (a convolution task's output). Compiled for `simd`.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct BlockMoments {
+    rows: usize,
+    /// In f64: rounded to f32, a mean far from zero would lose the digits that the
+    /// differences between blocks' means carry.
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+pub(super) fn block_moments(simd: Simd, x: &[f32], c: usize) -> BlockMoments {
+    let rows = x.len().checked_div(c).unwrap_or(0);
+    let mut mean = vec![0f32; c];
+    let mut m2 = vec![0f32; c];
+    if rows == 0 {
+        let zeros = vec![0f64; c];
+        return BlockMoments {
+            rows,
+            mean: zeros.clone(),
+            m2: zeros,
+        };
+    }
+    let mut residual = vec![0f32; c];
+    simd.run(|| {
+        for row in x.chunks_exact(c) {
+            mean.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+        }
+        let inv = 1.0 / rows as f32;
+        mean.iter_mut().for_each(|s| *s *= inv);
+        for row in x.chunks_exact(c) {
+            for (((a, r), &v), &m) in m2.iter_mut().zip(residual.iter_mut()).zip(row).zip(&mean) {
+                let d = v - m;
+                *r += d;
+                *a += d * d;
+            }
+        }
+    });
+    let n = rows as f64;
+    BlockMoments {
+        rows,
+        mean: mean
+            .iter()
+            .zip(&residual)
+            .map(|(&m, &r)| m as f64 + r as f64 / n)
+            .collect(),
+        m2: m2
+            .iter()
+            .zip(&residual)
+            .map(|(&a, &r)| (a as f64 - (r as f64) * (r as f64) / n).max(0.0))
+            .collect(),
+    }
+}
+
+/// Per-column mean and biased variance of the rows of all blocks together (Chan et al.'s
+/// pairwise update, in f64): as exact as [`moments`]'s two passes, without reading the rows
+/// again.
+pub(super) fn combine_moments(blocks: &[BlockMoments], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let n: usize = blocks.iter().map(|b| b.rows).sum();
+    if n == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let mut mean = vec![0f64; c];
+    for b in blocks {
+        for (m, &bm) in mean.iter_mut().zip(&b.mean) {
+            *m += b.rows as f64 * bm;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut m2 = vec![0f64; c];
+    for b in blocks {
+        for ((a, &bm2), (&bm, &m)) in m2.iter_mut().zip(&b.m2).zip(b.mean.iter().zip(&mean)) {
+            let d = bm - m;
+            *a += bm2 + b.rows as f64 * d * d;
+        }
+    }
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        m2.iter().map(|&v| (v / n as f64) as f32).collect(),
+    )
+}
+
 /// Training-mode batch norm of (N, C) rows: returns y (with the ReLU when `relu`) and the
 /// batch mean and biased variance per column; the sweeps are compiled for `simd`.
 pub(super) fn bn_forward_cpu(
@@ -90,6 +175,26 @@ pub(super) fn bn_forward_cpu(
         return (Vec::new(), vec![0.0; c], vec![0.0; c]);
     }
     let (mean, var) = moments(simd, x, n, c);
+    let y = bn_normalize(simd, x, (n, c), gamma, beta, eps, relu, (&mean, &var));
+    (y, mean, var)
+}
+
+/// y = (x − mean)·invstd·γ + β for (N, C) rows, then ReLU when `relu`, with given
+/// per-column statistics; compiled for `simd`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bn_normalize(
+    simd: Simd,
+    x: &[f32],
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+    (mean, var): (&[f32], &[f32]),
+) -> Vec<f32> {
+    if n * c == 0 {
+        return Vec::new();
+    }
     // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
     let scale: Vec<f32> = var
         .iter()
@@ -114,7 +219,7 @@ pub(super) fn bn_forward_cpu(
         });
     // SAFETY: the chunks cover all n·c elements and every one was written.
     unsafe { y.set_len(n * c) };
-    (y, mean, var)
+    y
 }
 
 /// The batch norm's backward pass: from its input x, the gradient dy reaching its output, its

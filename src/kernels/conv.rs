@@ -32,11 +32,27 @@ pub(super) fn images_per_task(b: usize, rows_per_image: usize) -> usize {
 /// while they are in cache.
 pub(super) fn conv_forward_cpu(
     x: &[f32],
-    (b, h, w, c): Dims4,
+    dims: Dims4,
     wt: &[f32],
     cout: usize,
     g: ConvGeometry,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let (out, cols, _) = conv_forward_cpu_then(x, dims, wt, cout, g, |_| ())?;
+    Ok((out, cols))
+}
+
+/// [`conv_forward_cpu`], calling `after` on each task's output rows right after its product,
+/// while they are still in cache; returns its results in task order (none when the output is
+/// empty).
+#[allow(clippy::type_complexity)]
+pub(super) fn conv_forward_cpu_then<T: Send>(
+    x: &[f32],
+    (b, h, w, c): Dims4,
+    wt: &[f32],
+    cout: usize,
+    g: ConvGeometry,
+    after: impl Fn(&[f32]) -> T + Sync,
+) -> Result<(Vec<f32>, Option<Vec<f32>>, Vec<T>)> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
     let m = b * rows_per_image;
@@ -50,39 +66,45 @@ pub(super) fn conv_forward_cpu(
     }
     if m * cout * k == 0 {
         let cols = (!g.is_pointwise()).then(|| vec![0f32; m * k]);
-        return Ok((vec![0f32; m * cout], cols));
+        return Ok((vec![0f32; m * cout], cols, Vec::new()));
     }
     let per_task = images_per_task(b, rows_per_image);
     let simd = Simd::current();
     let mut out: Vec<f32> = Vec::with_capacity(m * cout);
     let out_tasks =
         out.spare_capacity_mut()[..m * cout].par_chunks_mut(per_task * rows_per_image * cout);
-    let cols = if g.is_pointwise() {
-        out_tasks
+    // matmul_into wrote every element of `dst`.
+    let finish = |dst: &mut [MaybeUninit<f32>]| after(unsafe { assume_init(dst) });
+    let (cols, results) = if g.is_pointwise() {
+        let results = out_tasks
             .zip(x.par_chunks(per_task * rows_per_image * k))
-            .try_for_each(|(dst, xs)| {
-                matmul_into(dst, (xs.len() / k, cout, k), xs, (k, 1), wt, (cout, 1))
-            })?;
-        None
+            .map(|(dst, xs)| {
+                matmul_into(dst, (xs.len() / k, cout, k), xs, (k, 1), wt, (cout, 1))?;
+                Ok(finish(dst))
+            })
+            .collect::<Result<Vec<T>>>()?;
+        (None, results)
     } else {
         let mut cols: Vec<f32> = Vec::with_capacity(m * k);
-        out_tasks
+        let results = out_tasks
             .zip(cols.spare_capacity_mut()[..m * k].par_chunks_mut(per_task * rows_per_image * k))
             .zip(x.par_chunks(per_task * h * w * c))
-            .try_for_each(|((dst, task_cols), images)| {
+            .map(|((dst, task_cols), images)| {
                 simd.run(|| im2col_images(images, (h, w, c), g, task_cols));
                 // SAFETY: im2col_images wrote every element of task_cols.
                 let task_cols = unsafe { assume_init(task_cols) };
                 let rows = task_cols.len() / k;
-                matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))
-            })?;
+                matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))?;
+                Ok(finish(dst))
+            })
+            .collect::<Result<Vec<T>>>()?;
         // SAFETY: the tasks cover all m·k elements (B images of OH·OW rows), all written.
         unsafe { cols.set_len(m * k) };
-        Some(cols)
+        (Some(cols), results)
     };
     // SAFETY: the tasks cover all m·C_out output elements, and matmul_into wrote each.
     unsafe { out.set_len(m * cout) };
-    Ok((out, cols))
+    Ok((out, cols, results))
 }
 
 /// Backward convolution on the CPU: from dY (B·OH·OW, C_out), `wt`, `x` (B, H, W, C_in) and

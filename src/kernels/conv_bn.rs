@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{bn_backward_cpu, bn_forward_cpu};
-use super::conv::{conv_backward_packed, conv_forward_cpu, conv_rows, split_conv_grads};
+use super::batch_norm::{block_moments, bn_backward_cpu, bn_normalize, combine_moments};
+use super::conv::{conv_backward_packed, conv_forward_cpu_then, conv_rows, split_conv_grads};
 use super::simd::Simd;
 use super::{dims4, f32_contiguous, ConvGeometry};
 
@@ -61,18 +61,26 @@ impl CustomOp3 for ConvBnCpu {
             );
         }
         let (gamma, beta) = gamma_beta.split_at(cout);
-        let (conv_out, cols) = conv_forward_cpu(x, dims, wt, cout, self.geometry)?;
+        // The batch statistics come from each convolution task's output while it is still in
+        // cache, which saves the batch norm two passes over the whole output.
+        let simd = Simd::current();
+        let (conv_out, cols, blocks) =
+            conv_forward_cpu_then(x, dims, wt, cout, self.geometry, |rows| {
+                block_moments(simd, rows, cout)
+            })?;
+        let (mean, var) = combine_moments(&blocks, cout);
         let (b, h, w, _) = dims;
         let (oh, ow) = (self.geometry.output_size(h), self.geometry.output_size(w));
         let m = b * oh * ow;
-        let (y, mean, var) = bn_forward_cpu(
-            Simd::current(),
+        let y = bn_normalize(
+            simd,
             &conv_out,
             (m, cout),
             gamma,
             beta,
             self.eps,
             self.relu,
+            (&mean, &var),
         );
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some(ConvBnSaved {

@@ -20,11 +20,13 @@ mod conv_bn;
 mod cuda;
 mod gemm;
 mod im2col;
+mod pool;
 pub mod simd;
 
 pub use batch_norm::{batch_norm_rows_train, BatchStats};
 pub use conv::{conv2d_nhwc_rows, conv2d_nhwc_rows_portable};
 pub use conv_bn::conv_bn_train;
+pub use pool::mean_pool_nhwc;
 
 use std::mem::MaybeUninit;
 
@@ -401,6 +403,50 @@ mod tests {
         }
     }
 
+    /// Statistics combined from blocks (as the fused node gathers them from its convolution
+    /// tasks) equal the two passes over all rows, even with means far from zero and blocks of
+    /// unequal sizes, and a block's moments are bit-identical on every instruction set.
+    #[test]
+    fn block_moments_combine_to_the_two_pass_moments() {
+        use self::simd::Simd;
+        let c = 19;
+        let x: Vec<f32> = random_vec(1000 * c, 43)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 1000.0 * (i % c) as f32 + v)
+            .collect();
+        let simd = Simd::current();
+        let blocks: Vec<_> = [0, 384, 400, 1000]
+            .windows(2)
+            .map(|w| batch_norm::block_moments(simd, &x[w[0] * c..w[1] * c], c))
+            .collect();
+        let (mean, var) = batch_norm::combine_moments(&blocks, c);
+        for j in 0..c {
+            // The exact moments of the f32 values, in f64.
+            let column: Vec<f64> = x.iter().skip(j).step_by(c).map(|&v| v as f64).collect();
+            let m = column.iter().sum::<f64>() / 1000.0;
+            let v = column.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 1000.0;
+            assert!(
+                (mean[j] as f64 - m).abs() <= 1e-6 * m.abs().max(1.0),
+                "mean {j}"
+            );
+            let error = (var[j] as f64 - v).abs() / v;
+            assert!(
+                error < 5e-5,
+                "variance of column {j} (mean {m}) off by {error}"
+            );
+            assert!((v - 1.0 / 3.0).abs() < 0.05, "uniform(-1, 1) variance");
+        }
+        let expected = batch_norm::block_moments(Simd::Baseline, &x, c);
+        for simd in Simd::available() {
+            assert_eq!(batch_norm::block_moments(simd, &x, c), expected);
+        }
+        assert_eq!(
+            batch_norm::combine_moments(&[], 3),
+            (vec![0.0; 3], vec![0.0; 3])
+        );
+    }
+
     /// A convolution whose input needs no gradient (the images into an encoder's first layer)
     /// returns none for it, skipping dY·Wᵀ and col2im, and still gives the weight, γ and β
     /// the gradients they get when the input is a variable.
@@ -447,6 +493,32 @@ mod tests {
             "plain convolution: input gradient computed"
         );
         assert!(g.get(w.as_tensor()).is_some());
+    }
+
+    /// The pooling node equals candle's reshape + mean, forward and backward, and keeps the
+    /// trunk's output out of a reshape node: its gradient is the pooled gradient / (H·W).
+    #[test]
+    fn mean_pool_matches_candle_mean() {
+        for (b, h, w, c) in [(3, 4, 4, 37), (2, 1, 1, 5), (4, 7, 3, 16)] {
+            let x = Var::from_tensor(&random(&[b, h, w, c], 41)).unwrap();
+            let ours = mean_pool_nhwc(x.as_tensor()).unwrap();
+            let reference = x.reshape((b, h * w, c)).unwrap().mean(1).unwrap();
+            assert_eq!(ours.dims(), &[b, c]);
+            assert!(
+                max_diff(&ours, &reference) < 1e-6,
+                "forward {b}×{h}×{w}×{c}"
+            );
+            let up = random(&[b, c], 42);
+            let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (reference * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let d = max_diff(g_ours.get(&x).unwrap(), g_ref.get(&x).unwrap());
+            assert!(d < 1e-7, "backward {b}×{h}×{w}×{c} differs by {d}");
+        }
     }
 
     /// Both NHWC convolutions (the fused CPU kernels and the portable composition of candle

@@ -161,8 +161,7 @@ impl Encoder {
             }
         }
         // Global average pooling over H and W.
-        let (b, hh, ww, c) = h.dims4()?;
-        let pooled = h.reshape((b, hh * ww, c))?.mean(1)?;
+        let pooled = crate::kernels::mean_pool_nhwc(&h)?;
         let out = self.head.forward(&pooled)?;
         match &self.head_norm {
             Some(bn) => bn.forward_rows(&out, pass, false),
