@@ -181,6 +181,12 @@ mod tests {
             .unwrap()
     }
 
+    /// The gradients of Σ(t · up): every test's backward pass against a fixed upstream
+    /// gradient `up`.
+    fn grads_against(t: Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+        (t * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     /// Training-mode batch norm of (N, C) rows (then ReLU when `relu`) as candle ops, and the
     /// batch mean and biased variance as (1, C).
     fn batch_norm_reference(
@@ -251,13 +257,8 @@ mod tests {
                 assert!((vv[j] - var[j]).abs() < 1e-4, "{case}: variance");
             }
             let up = random(reference.dims(), 15);
-            let g_ref = (reference * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = grads_against(reference, &up);
+            let g_ours = grads_against(ours, &up);
             for (name, var) in [("x", &x), ("W", &w), ("γ", &gamma), ("β", &beta)] {
                 let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
                 assert!(d < 1e-3, "{case}: gradient of {name} differs by {d}");
@@ -313,13 +314,8 @@ mod tests {
             assert!((mv[j] - mean[j]).abs() < 1e-6 && (vv[j] - var[j]).abs() < 1e-5);
         }
         let up = random(&[300, 5], 7);
-        let g_ref = (reference * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = grads_against(reference, &up);
+        let g_ours = grads_against(ours, &up);
         for var in [&x, &gamma, &beta] {
             let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
             assert!(d < 1e-4, "relu {relu}: gradient differs by {d}");
@@ -474,7 +470,7 @@ mod tests {
             )
             .unwrap();
             let y = y.reshape((4 * 6 * 6, 5)).unwrap();
-            (y * &up).unwrap().sum_all().unwrap().backward().unwrap()
+            grads_against(y, &up)
         };
         let (g_plain, g_var) = (grads(&plain), grads(variable.as_tensor()));
         assert!(
@@ -487,7 +483,7 @@ mod tests {
             assert!(d == 0.0, "gradient of {name} differs by {d}");
         }
         let (rows, _) = conv2d_nhwc_rows(&plain, w.as_tensor(), geometry).unwrap();
-        let g = (rows * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads_against(rows, &up);
         assert!(
             g.get(&plain).is_none(),
             "plain convolution: input gradient computed"
@@ -509,13 +505,8 @@ mod tests {
                 "forward {b}×{h}×{w}×{c}"
             );
             let up = random(&[b, c], 42);
-            let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (reference * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_against(ours, &up);
+            let g_ref = grads_against(reference, &up);
             let d = max_diff(g_ours.get(&x).unwrap(), g_ref.get(&x).unwrap());
             assert!(d < 1e-7, "backward {b}×{h}×{w}×{c} differs by {d}");
         }
@@ -573,13 +564,8 @@ mod tests {
 
                 // A fixed random upstream gradient through both paths.
                 let up = random(reference.dims(), 3);
-                let g_ref = (reference * &up)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let g_ours = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_ref = grads_against(reference, &up);
+                let g_ours = grads_against(ours, &up);
                 for var in [&x_nchw, &w] {
                     let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
                     assert!(d < 1e-4, "{name} gradient {geometry:?} batch {batch}: {d}");
