@@ -28,7 +28,7 @@ p.add_argument('--n', type=int, default=0); p.add_argument('--threads', type=int
 p.add_argument('--baselines', action='store_true'); p.add_argument('--pool', default='avg')
 p.add_argument('--null_map', type=float, default=0.0)
 p.add_argument('--nbr', type=int, default=0)  # positives: a random one of the K nearest neighbours in whitened-pixel space
-p.add_argument('--nbr_space', default='white')
+p.add_argument('--nbr_space', default='white')  # white | raw | tic (whitened windows aligned by shift-invariant k-means, tic_purity.py)
 p.add_argument('--cidfd', type=float, default=0.0)  # lambda: background encoder on raw input
 a = p.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(a.seed); rng = np.random.default_rng(a.seed)
@@ -104,7 +104,16 @@ if a.cidfd:
     bank_zt = F.normalize(torch.rand(n, 128) - 0.5, dim=1); bank_zb = F.normalize(torch.rand(n, 128) - 0.5, dim=1)
 
 if a.nbr:
-    Zs = l2(Xw.reshape(n, -1).numpy()) if a.nbr_space == 'white' else l2(X.reshape(n, -1) - X.reshape(n, -1).mean(0))
+    if a.nbr_space == 'tic':
+        import tic_purity
+        d = S*S; Rf = (R - mu).reshape(n, d); ev, V = np.linalg.eigh(Rf.T @ Rf / n)
+        Zw = ((X - mu).reshape(n, d) @ ((V / np.sqrt(ev.clip(0) + ev.clip(0).mean())) @ V.T)).reshape(n, S, S).astype(np.float32)
+        runs = [tic_purity.tic(Zw, k, 15, seed=r) for r in range(3)]
+        kk, oo, obj, _ = max(runs, key=lambda r: r[2])
+        print('tic: ACC %.3f, objective %.1f' % (acc(y, kk), obj), flush=True)
+        Zs = tic_purity.aligned(Zw, oo)
+    elif a.nbr_space == 'white': Zs = l2(Xw.reshape(n, -1).numpy())
+    else: Zs = l2(X.reshape(n, -1) - X.reshape(n, -1).mean(0))
     from sklearn.decomposition import PCA
     Zp = l2(PCA(64, random_state=0).fit_transform(Zs))
     sims = Zp @ Zp.T; np.fill_diagonal(sims, -np.inf)
