@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
 # The clustering-quality suite: every method of `salient compare` (k-means on raw pixels, PCA,
-# contrastive PCA over its alpha grid, reference whitening, IDFD, cIDFD) on every benchmark
-# dataset, over 3 seeds, into one table.
+# contrastive PCA over its alpha grid, reference whitening, shift-invariant k-means, IDFD, cIDFD)
+# on every benchmark dataset, over 3 seeds, into one table.
 #
 #   bash benches/quality.sh [WORK_DIR]
 #
 # Writes docs/quality.md (Markdown table, dated, with the machine), docs/quality.json and
 # docs/quality.png (bar chart); per-dataset JSON and the trained models stay in WORK_DIR
-# (default out/quality). Settings through the environment:
+# (default out/quality). A dataset's JSON keeps the rows of methods a later run did not ask
+# for, so a method can be rerun or added alone. Settings through the environment:
 #   SALIENT   the salient binary (default: built here with `cargo build --release`)
 #   DATASETS  space-separated dataset names (default: all six)
-#   METHODS   comma-separated methods (default: raw,pca,cpca,whiten,idfd,cidfd)
+#   METHODS   comma-separated methods (default: raw,pca,cpca,whiten,tic,idfd,cidfd)
 #   SEEDS     seeds per method (default 3)
 #   CONFIG    training settings (TOML) for IDFD and cIDFD (default: salient's defaults)
 #   EPOCHS    overrides the training epochs
 #   DOCS      where the table goes (default docs)
 # A full run trains 2 x 3 models per dataset: many hours on 2 cores. Linear methods alone
-# (METHODS=raw,pca,cpca,whiten) take minutes.
+# (METHODS=raw,pca,cpca,whiten,tic) take minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work="${1:-out/quality}"
 datasets="${DATASETS:-mnist-grass-01 mnist-grass-012 mnist-grass-shifted fashion-textures-shifted mnist-grass fashion-textures}"
-methods="${METHODS:-raw,pca,cpca,whiten,idfd,cidfd}"
+methods="${METHODS:-raw,pca,cpca,whiten,tic,idfd,cidfd}"
 seeds="${SEEDS:-3}"
 docs="${DOCS:-docs}"
 if [[ -z "${SALIENT:-}" ]]; then
@@ -50,6 +51,16 @@ for name in $datasets; do
         --reference "$work/data/$name/reference.parquet" --clusters "$k" --seeds "$seeds" \
         --methods "$methods" --work-dir "$work/models/$name" --format json "${extra[@]}" \
         > "$work/$name.json.tmp"
+    # Rows of methods this run did not ask for keep their earlier results, so one method can be
+    # rerun (or added) on its own.
+    python3 - "$work/$name.json" "$work/$name.json.tmp" <<'PY'
+import json, os, sys
+old, new = sys.argv[1], sys.argv[2]
+rows = json.load(open(old)) if os.path.exists(old) else {}
+rows.update(json.load(open(new)))
+with open(new, 'w') as f:
+    json.dump(rows, f, indent=2, sort_keys=True)
+PY
     mv "$work/$name.json.tmp" "$work/$name.json"
 done
 

@@ -23,6 +23,7 @@ def main():
     p.add_argument('--docs', required=True)
     p.add_argument('--datasets', nargs='+', required=True)
     p.add_argument('--command', required=True, help='how to regenerate, as Markdown')
+    p.add_argument('--measured', help='when the rows were measured, if not all today (as Markdown)')
     a = p.parse_args()
 
     results = {}
@@ -35,7 +36,7 @@ def main():
     lines = [
         '# Clustering quality',
         '',
-        f'Regenerate with {a.command}. Measured on {today}, {machine}.',
+        f'Regenerate with {a.command}. Measured on {a.measured or today}, {machine}.',
         '',
         'Mean ± standard deviation over seeds (k-means seeds; for IDFD and cIDFD also the',
         'training seed); datasets built with seed 0. ACC is Hungarian-matched accuracy, NMI the',

@@ -1,13 +1,16 @@
 //! `salient compare`: the baselines and cIDFD on the same data and seeds, in one table
 //! (METHOD.md's evaluation protocol): k-means on raw pixels, PCA + k-means, contrastive PCA +
-//! k-means (reported per α, since picking α by the labels would be cheating), IDFD on the target
-//! set alone, and cIDFD.
+//! k-means (reported per α, since picking α by the labels would be cheating), reference
+//! whitening + k-means, shift-invariant k-means on the whitened pixels, IDFD on the target set
+//! alone, and cIDFD.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::baselines::{cpca_grid, pca, reference_whitening};
+use crate::baselines::{
+    align_by_templates, cpca_grid, pca, reference_whitened_pixels, reference_whitening, ShiftKMeans,
+};
 use crate::data::{probe_table_shape, LabelRequirement, ReaderOptions, SizePolicy};
 use crate::error::{Error, Result};
 use crate::evaluate::cluster_and_score;
@@ -16,6 +19,15 @@ use crate::train::job::{self, TrainJob};
 use crate::train::{ImageSet, Method, TrainConfig};
 
 pub use crate::baselines::WHITENING_SHRINKAGE;
+
+/// Shift-invariant k-means' default window: the 28×28 frame of the bundled objects (MNIST and
+/// Fashion-MNIST), which the shifted datasets place at random offsets in 36×36 images.
+pub const DEFAULT_ALIGN_WINDOW: usize = 28;
+/// Assignment and update rounds of shift-invariant k-means per restart (the prototype's
+/// objective had settled by then: docs/research/salient-encoder.md).
+const ALIGN_ITERATIONS: usize = 15;
+/// Restarts of shift-invariant k-means; the best summed correlation wins.
+const ALIGN_RESTARTS: usize = 3;
 
 /// The methods `compare` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -27,6 +39,9 @@ pub enum CompareMethod {
     Cpca,
     /// k-means on target pixels whitened with the reference covariance.
     Whiten,
+    /// k-means on the windows of the reference-whitened pixels that shift-invariant k-means
+    /// aligns (templates matched at every offset): the classical answer to objects that move.
+    Tic,
     Idfd,
     Cidfd,
 }
@@ -42,6 +57,9 @@ pub struct CompareJob {
     pub components: usize,
     /// The α grid of contrastive PCA.
     pub cpca_alphas: Vec<f64>,
+    /// Side of shift-invariant k-means' windows; 0: [`DEFAULT_ALIGN_WINDOW`] or the image's
+    /// smaller side if that is less.
+    pub align_window: usize,
     /// Settings of the IDFD and cIDFD runs (method and seed are set per run).
     pub train: TrainConfig,
     /// Where the trained models go (one directory per method and seed).
@@ -107,10 +125,12 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
             job.target
         ))
     })?;
-    let needs_reference = job
-        .methods
-        .iter()
-        .any(|m| matches!(m, CompareMethod::Cpca | CompareMethod::Whiten));
+    let needs_reference = job.methods.iter().any(|m| {
+        matches!(
+            m,
+            CompareMethod::Cpca | CompareMethod::Whiten | CompareMethod::Tic
+        )
+    });
     let reference = if needs_reference {
         Some(ImageSet::load(
             &job.reference,
@@ -164,6 +184,24 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         _ => None,
     };
     let whiten_seconds = started.elapsed().as_secs_f64();
+    let started = timed();
+    let whitened_pixels = match (&b, job.methods.contains(&CompareMethod::Tic)) {
+        (Some(b), true) => {
+            if shape.channels != 1 {
+                return Err(Error::Invalid(format!(
+                    "`{}`: method tic needs single-channel images, got {} channels",
+                    job.target, shape.channels
+                )));
+            }
+            Some(reference_whitened_pixels(&x, b, d, WHITENING_SHRINKAGE)?)
+        }
+        _ => None,
+    };
+    let whitened_pixels_seconds = started.elapsed().as_secs_f64();
+    let window = match job.align_window {
+        0 => DEFAULT_ALIGN_WINDOW.min(shape.height).min(shape.width),
+        w => w,
+    };
     // The projections are done: free the reference pixels before IDFD / cIDFD train.
     drop((b, reference));
 
@@ -205,6 +243,37 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     if let Some(z) = &whitened {
                         let (_, s) = cluster_and_score(z, d, Some(&labels), k, restarts, seed)?;
                         push(&mut runs, "whiten(ref)", s, took(whiten_seconds));
+                    }
+                }
+                CompareMethod::Tic => {
+                    if let Some(z) = &whitened_pixels {
+                        let settings = ShiftKMeans {
+                            window,
+                            clusters: k,
+                            iterations: ALIGN_ITERATIONS,
+                            restarts: ALIGN_RESTARTS,
+                            seed,
+                        };
+                        let aligned = align_by_templates(
+                            z,
+                            target.len(),
+                            (shape.height, shape.width),
+                            settings,
+                        )?;
+                        let (_, s) = cluster_and_score(
+                            &aligned.windows,
+                            window * window,
+                            Some(&labels),
+                            k,
+                            restarts,
+                            seed,
+                        )?;
+                        push(
+                            &mut runs,
+                            &format!("tic(ref,w={window})"),
+                            s,
+                            took(whitened_pixels_seconds),
+                        );
                     }
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {

@@ -47,6 +47,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         ],
         components: 20,
         cpca_alphas: vec![1.0, 2.0, 5.0],
+        align_window: 0,
         train: config.clone(),
         work_dir: out.join("compare"),
         size: SizePolicy::Exact,

@@ -11,6 +11,9 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 
+mod shift;
+pub use shift::{align_by_templates, Alignment, ShiftKMeans};
+
 /// ε of reference whitening as a fraction of the mean background eigenvalue (the best of
 /// 0.03 / 0.1 / 0.3 / 1 in a numpy sweep on mnist-grass; docs/research/salient-encoder.md).
 pub const WHITENING_SHRINKAGE: f64 = 1.0;
@@ -48,6 +51,12 @@ pub enum BaselineError {
     InvalidAlpha(f64),
     #[error("eigendecomposition did not converge")]
     EigenFailed,
+    #[error(
+        "alignment window {window} must be between 1 and the image's smaller side ({h}x{w} images)"
+    )]
+    InvalidWindow { window: usize, h: usize, w: usize },
+    #[error("{clusters} clusters requested for {n} images: need between 1 and n")]
+    InvalidClusters { clusters: usize, n: usize },
 }
 
 /// A fitted linear projection and the projected training (target) data.
@@ -233,6 +242,27 @@ pub fn reference_whitening(
         }
     });
     Ok(z)
+}
+
+/// Reference whitening in pixel coordinates (the ZCA form `(x − μ_b) V diag((λ + ε)^(-1/2)) Vᵀ`
+/// of [`reference_whitening`], rows not normalised), so that each row is still an image whose
+/// windows [`align_by_templates`] can match.
+pub fn reference_whitened_pixels(
+    target: &[f32],
+    reference: &[f32],
+    d: usize,
+    shrinkage: f64,
+) -> Result<Vec<f32>, BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input("target", target, target.len() / d, d)?;
+    let basis = whitening_basis(reference, d, shrinkage)?;
+    let v = &basis.vectors;
+    let zca = v * DMatrix::from_diagonal(&basis.scales) * v.transpose();
+    // Symmetric, so its column-major storage is also its rows.
+    let rows: Vec<f32> = zca.iter().map(|&e| e as f32).collect();
+    Ok(project(target, d, &basis.mean, &rows))
 }
 
 fn check_input(which: &'static str, x: &[f32], n: usize, d: usize) -> Result<(), BaselineError> {

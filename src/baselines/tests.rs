@@ -296,3 +296,169 @@ fn pca_784_timing() {
     println!("full pca(50 components): {:?}", t.elapsed());
     assert_eq!(p.embedding.len(), n * 50);
 }
+
+/// `n` images of `side × side` Gaussian noise (σ `noise`), each with one of two 5×5 patterns (a
+/// plus and a ring) added at a random offset: the images, the pattern of each, the offsets.
+#[allow(clippy::type_complexity)]
+fn moving_patterns(
+    n: usize,
+    side: usize,
+    noise: f32,
+    seed: u64,
+) -> (Vec<f32>, Vec<usize>, Vec<(usize, usize)>) {
+    let plus: [[f32; 5]; 5] =
+        std::array::from_fn(|r| std::array::from_fn(|c| if r == 2 || c == 2 { 1.0 } else { 0.0 }));
+    let ring: [[f32; 5]; 5] = std::array::from_fn(|r| {
+        std::array::from_fn(|c| {
+            if r == 0 || r == 4 || c == 0 || c == 4 {
+                1.0
+            } else {
+                0.0
+            }
+        })
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0.0f32, noise).unwrap();
+    let (mut images, mut labels, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let label = i % 2;
+        let pattern = if label == 0 { &plus } else { &ring };
+        let (top, left) = (
+            rng.random_range(0..=side - 5),
+            rng.random_range(0..=side - 5),
+        );
+        let mut image: Vec<f32> = (0..side * side).map(|_| rng.sample(normal)).collect();
+        for (r, row) in pattern.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                image[(top + r) * side + left + c] += v;
+            }
+        }
+        images.extend(image);
+        labels.push(label);
+        offsets.push((top, left));
+    }
+    (images, labels, offsets)
+}
+
+/// Share of images whose cluster matches their pattern, under the better of the two matchings.
+fn two_cluster_accuracy(truth: &[usize], found: &[usize]) -> f64 {
+    let same = truth.iter().zip(found).filter(|(t, f)| t == f).count() as f64;
+    let share = same / truth.len() as f64;
+    share.max(1.0 - share)
+}
+
+fn shift_settings(window: usize) -> ShiftKMeans {
+    ShiftKMeans {
+        window,
+        clusters: 2,
+        iterations: 10,
+        restarts: 3,
+        seed: 7,
+    }
+}
+
+#[test]
+fn shift_invariant_kmeans_finds_patterns_wherever_they_are() {
+    let (side, n) = (12, 200);
+    let (images, labels, offsets) = moving_patterns(n, side, 0.3, 3);
+    let found = align_by_templates(&images, n, (side, side), shift_settings(5)).unwrap();
+    let acc = two_cluster_accuracy(&labels, &found.labels);
+    assert!(acc >= 0.95, "accuracy {acc}");
+    // A template may hold its pattern a pixel or two off centre, so within a cluster the found
+    // offsets follow the true ones up to one constant displacement.
+    let mut aligned = 0;
+    for cluster in 0..2 {
+        let mut shifts = std::collections::HashMap::new();
+        for ((t, f), _) in offsets
+            .iter()
+            .zip(&found.offsets)
+            .zip(&found.labels)
+            .filter(|(_, &l)| l == cluster)
+        {
+            let shift = (f.0 as isize - t.0 as isize, f.1 as isize - t.1 as isize);
+            *shifts.entry(shift).or_insert(0usize) += 1;
+        }
+        aligned += shifts.values().max().copied().unwrap_or(0);
+    }
+    assert!(aligned >= n * 9 / 10, "{aligned} of {n} images aligned");
+    assert_eq!(found.windows.len(), n * 25);
+    for w in found.windows.chunks_exact(25) {
+        let norm: f32 = w.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // Without shifts (one window, the whole image) the same clustering cannot follow the
+    // patterns around.
+    let fixed = align_by_templates(&images, n, (side, side), shift_settings(side)).unwrap();
+    let fixed_acc = two_cluster_accuracy(&labels, &fixed.labels);
+    assert!(fixed_acc < 0.8, "accuracy without shifts {fixed_acc}");
+}
+
+#[test]
+fn shift_invariant_kmeans_is_deterministic_for_a_seed() {
+    let (images, _, _) = moving_patterns(60, 10, 0.5, 5);
+    let a = align_by_templates(&images, 60, (10, 10), shift_settings(5)).unwrap();
+    let b = align_by_templates(&images, 60, (10, 10), shift_settings(5)).unwrap();
+    assert_eq!(a, b);
+    let other = ShiftKMeans {
+        seed: 8,
+        ..shift_settings(5)
+    };
+    let c = align_by_templates(&images, 60, (10, 10), other).unwrap();
+    assert!(c.objective.is_finite());
+}
+
+#[test]
+fn shift_invariant_kmeans_rejects_bad_input() {
+    let (mut images, _, _) = moving_patterns(10, 8, 0.3, 1);
+    let run = |images: &[f32], n, settings| align_by_templates(images, n, (8, 8), settings);
+    assert_eq!(
+        run(&images, 10, shift_settings(9)),
+        Err(BaselineError::InvalidWindow {
+            window: 9,
+            h: 8,
+            w: 8
+        })
+    );
+    assert!(matches!(
+        run(&images, 10, shift_settings(0)),
+        Err(BaselineError::InvalidWindow { .. })
+    ));
+    let none = ShiftKMeans {
+        clusters: 0,
+        ..shift_settings(5)
+    };
+    assert!(matches!(
+        run(&images, 10, none),
+        Err(BaselineError::InvalidClusters { .. })
+    ));
+    assert!(matches!(
+        run(&images, 11, shift_settings(5)),
+        Err(BaselineError::ShapeMismatch { .. })
+    ));
+    images[3 * 64 + 10] = f32::NAN;
+    assert_eq!(
+        run(&images, 10, shift_settings(5)),
+        Err(BaselineError::NonFinite {
+            which: "images",
+            row: 3,
+            col: 10
+        })
+    );
+}
+
+#[test]
+fn whitened_pixels_are_the_zca_matrix_applied_to_the_centred_targets() {
+    let reference = axis_noise(500, &[3.0, 0.5, 0.1], 2);
+    let target = axis_noise(20, &[1.0, 1.0, 1.0], 3);
+    let z = reference_whitened_pixels(&target, &reference, 3, 0.5).unwrap();
+    let m = reference_whitening_matrix(&reference, 3, 0.5).unwrap();
+    let mean = column_mean(&reference, 3);
+    for (row, out) in target.chunks_exact(3).zip(z.chunks_exact(3)) {
+        for j in 0..3 {
+            let expected: f64 = (0..3)
+                .map(|i| (f64::from(row[i]) - mean[i]) * m[(i, j)])
+                .sum();
+            assert!((f64::from(out[j]) - expected).abs() < 1e-4, "{out:?}");
+        }
+    }
+}

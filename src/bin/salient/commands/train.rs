@@ -131,7 +131,7 @@ pub(crate) struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,pca,cpca,whiten,idfd,cidfd"
+        default_value = "raw,pca,cpca,whiten,tic,idfd,cidfd"
     )]
     methods: Vec<CompareMethod>,
     /// Components kept by PCA and contrastive PCA.
@@ -140,6 +140,10 @@ pub(crate) struct CompareArgs {
     /// The alpha grid of contrastive PCA (each alpha is reported on its own row).
     #[arg(long, value_delimiter = ',', default_value = "0.5,1,2,5,10")]
     cpca_alphas: Vec<f64>,
+    /// Side of the windows shift-invariant k-means (`tic`) aligns; 0: 28, or the image's
+    /// smaller side if that is less.
+    #[arg(long, default_value_t = 0)]
+    align_window: usize,
     /// Settings of the IDFD / cIDFD runs (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -169,6 +173,7 @@ impl CompareArgs {
             methods: self.methods,
             components: self.components,
             cpca_alphas: self.cpca_alphas,
+            align_window: self.align_window,
             train,
             work_dir: self.work_dir,
             size: SizePolicy::Exact,

@@ -1,0 +1,277 @@
+//! Shift-invariant k-means (transformation-invariant clustering, Frey & Jojic 2003) on images:
+//! K templates of `window × window` pixels; each image takes the template and offset of the
+//! highest normalised correlation over every `window × window` window of it, and each template
+//! becomes the normalised mean of the windows assigned to it. A template averages many windows,
+//! so noise that two images do not share (the background that whitening leaves) averages out of
+//! it, where comparing two images with each other keeps the noise of both.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::BaselineError;
+
+/// Settings of [`align_by_templates`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShiftKMeans {
+    /// Side of the square templates and windows, at most the image's smaller side.
+    pub window: usize,
+    /// Number of templates.
+    pub clusters: usize,
+    /// Assignment and update rounds per restart.
+    pub iterations: usize,
+    /// Restarts from different k-means++ seedings; the one with the highest summed correlation
+    /// wins (the objective, which reads no labels).
+    pub restarts: usize,
+    pub seed: u64,
+}
+
+/// The winning restart of [`align_by_templates`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alignment {
+    /// Each image's window at its best offset, L2-normalised, `n × window²` row-major.
+    pub windows: Vec<f32>,
+    /// Each image's template.
+    pub labels: Vec<usize>,
+    /// Each image's best offset, (row, column) of the window's top-left pixel.
+    pub offsets: Vec<(usize, usize)>,
+    /// Sum over the images of their best normalised correlation.
+    pub objective: f64,
+}
+
+/// One image's best (template, offset index, normalised correlation).
+type Best = (usize, usize, f32);
+
+/// Shift-invariant k-means of `n` single-channel `h × w` images, row-major in `images`.
+pub fn align_by_templates(
+    images: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    settings: ShiftKMeans,
+) -> Result<Alignment, BaselineError> {
+    let ShiftKMeans {
+        window,
+        clusters,
+        iterations,
+        restarts,
+        seed,
+    } = settings;
+    let d = h * w;
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    if images.len() != n * d {
+        return Err(BaselineError::ShapeMismatch {
+            which: "images",
+            len: images.len(),
+            n,
+            d,
+        });
+    }
+    if window == 0 || window > h.min(w) {
+        return Err(BaselineError::InvalidWindow { window, h, w });
+    }
+    if clusters == 0 || clusters > n {
+        return Err(BaselineError::InvalidClusters { clusters, n });
+    }
+    if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+        return Err(BaselineError::NonFinite {
+            which: "images",
+            row: i / d,
+            col: i % d,
+        });
+    }
+    let geometry = Geometry { h, w, window };
+    let mut best: Option<(f64, Vec<Best>)> = None;
+    for restart in 0..restarts.max(1) {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(restart as u64));
+        let mut templates = seed_templates(images, n, geometry, clusters, &mut rng);
+        let mut assigned = assign(images, geometry, &templates);
+        for _ in 0..iterations {
+            templates = update(images, geometry, &assigned, clusters);
+            assigned = assign(images, geometry, &templates);
+        }
+        let objective: f64 = assigned.iter().map(|&(_, _, s)| f64::from(s)).sum();
+        tracing::info!(restart, objective, "shift-invariant k-means restart done");
+        if best.as_ref().is_none_or(|(o, _)| objective > *o) {
+            best = Some((objective, assigned));
+        }
+    }
+    let (objective, assigned) = best.expect("at least one restart ran");
+    let mut windows = vec![0.0f32; n * window * window];
+    windows
+        .par_chunks_exact_mut(window * window)
+        .zip(images.par_chunks_exact(d))
+        .zip(assigned.par_iter())
+        .for_each(|((out, image), &(_, offset, _))| {
+            geometry.copy_window(image, offset, out);
+            normalise(out);
+        });
+    Ok(Alignment {
+        windows,
+        labels: assigned.iter().map(|&(k, _, _)| k).collect(),
+        offsets: assigned
+            .iter()
+            .map(|&(_, o, _)| geometry.offset(o))
+            .collect(),
+        objective,
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    window: usize,
+}
+
+impl Geometry {
+    fn offsets(&self) -> usize {
+        (self.h - self.window + 1) * (self.w - self.window + 1)
+    }
+
+    fn offset(&self, index: usize) -> (usize, usize) {
+        let across = self.w - self.window + 1;
+        (index / across, index % across)
+    }
+
+    fn copy_window(&self, image: &[f32], index: usize, out: &mut [f32]) {
+        let (top, left) = self.offset(index);
+        for (r, row) in out.chunks_exact_mut(self.window).enumerate() {
+            let start = (top + r) * self.w + left;
+            row.copy_from_slice(&image[start..start + self.window]);
+        }
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Dot product with eight independent sums, which the compiler vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Each image's best template and offset by normalised correlation (templates unit-norm).
+fn assign(images: &[f32], g: Geometry, templates: &[Vec<f32>]) -> Vec<Best> {
+    let d = g.h * g.w;
+    images
+        .par_chunks_exact(d)
+        .map(|image| {
+            let mut window = vec![0.0f32; g.window * g.window];
+            let mut best = (0, 0, f32::NEG_INFINITY);
+            for o in 0..g.offsets() {
+                g.copy_window(image, o, &mut window);
+                let norm = window.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm == 0.0 {
+                    continue;
+                }
+                for (k, t) in templates.iter().enumerate() {
+                    let s = dot(&window, t) / norm;
+                    if s > best.2 {
+                        best = (k, o, s);
+                    }
+                }
+            }
+            if best.2 == f32::NEG_INFINITY {
+                // An all-zero image: every window correlates 0.
+                best.2 = 0.0;
+            }
+            best
+        })
+        .collect()
+}
+
+/// Each template: the normalised mean of its images' unit windows. A template no image chose
+/// takes the worst-fitting image's window, so k templates stay in use.
+fn update(images: &[f32], g: Geometry, assigned: &[Best], clusters: usize) -> Vec<Vec<f32>> {
+    let d = g.h * g.w;
+    let len = g.window * g.window;
+    let mut sums = vec![vec![0.0f32; len]; clusters];
+    let mut counts = vec![0usize; clusters];
+    let mut window = vec![0.0f32; len];
+    for (image, &(k, o, _)) in images.chunks_exact(d).zip(assigned) {
+        g.copy_window(image, o, &mut window);
+        normalise(&mut window);
+        sums[k].iter_mut().zip(&window).for_each(|(s, v)| *s += v);
+        counts[k] += 1;
+    }
+    let mut by_fit: Vec<usize> = (0..assigned.len()).collect();
+    by_fit.sort_by(|&a, &b| assigned[a].2.total_cmp(&assigned[b].2));
+    let mut worst = by_fit.into_iter();
+    for (k, sum) in sums.iter_mut().enumerate() {
+        if counts[k] == 0 {
+            if let Some(i) = worst.next() {
+                g.copy_window(&images[i * d..(i + 1) * d], assigned[i].1, sum);
+            }
+        }
+        normalise(sum);
+    }
+    sums
+}
+
+/// k-means++ seeding on each image's centre window (cosine distance).
+fn seed_templates(
+    images: &[f32],
+    n: usize,
+    g: Geometry,
+    clusters: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<f32>> {
+    let d = g.h * g.w;
+    let centre = ((g.h - g.window) / 2) * (g.w - g.window + 1) + (g.w - g.window) / 2;
+    let centres: Vec<Vec<f32>> = images
+        .par_chunks_exact(d)
+        .map(|image| {
+            let mut v = vec![0.0f32; g.window * g.window];
+            g.copy_window(image, centre, &mut v);
+            normalise(&mut v);
+            v
+        })
+        .collect();
+    let mut templates = vec![centres[rng.random_range(0..n)].clone()];
+    let mut distance: Vec<f32> = centres
+        .iter()
+        .map(|c| (1.0 - dot(c, &templates[0])).max(0.0))
+        .collect();
+    while templates.len() < clusters {
+        let total: f64 = distance.iter().map(|&v| f64::from(v)).sum();
+        let pick = if total > 0.0 {
+            let mut r = rng.random::<f64>() * total;
+            distance
+                .iter()
+                .position(|&v| {
+                    r -= f64::from(v);
+                    r <= 0.0
+                })
+                .unwrap_or(n - 1)
+        } else {
+            rng.random_range(0..n)
+        };
+        let t = centres[pick].clone();
+        distance
+            .iter_mut()
+            .zip(&centres)
+            .for_each(|(dist, c)| *dist = dist.min((1.0 - dot(c, &t)).max(0.0)));
+        templates.push(t);
+    }
+    templates
+}
