@@ -95,6 +95,10 @@ pub struct TrainConfig {
     /// Every this many epochs, find the neighbours again in the salient memory bank instead
     /// (0: keep the whitened-pixel neighbours).
     pub neighbour_refresh_every: usize,
+    /// Find the neighbours among windows of this side that shift-invariant k-means aligns in
+    /// the whitened pixels (one template per cluster), for objects that move within the image
+    /// (0: whole images, as they are).
+    pub neighbour_align_window: usize,
     /// One softmax over a joint bank of target and reference rows (reference rows have a zero
     /// salient part) instead of separate banks.
     pub joint_bank: bool,
@@ -150,6 +154,7 @@ impl Default for TrainConfig {
             neighbour_positives: None,
             neighbour_components: 64,
             neighbour_refresh_every: 0,
+            neighbour_align_window: 0,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,
@@ -255,6 +260,11 @@ impl TrainConfig {
         }
         if self.neighbour_positives() > 0 && self.two_view_weight <= 0.0 {
             return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
+        }
+        if self.neighbour_align_window > 0 && self.neighbour_positives() == 0 {
+            return bad(
+                "neighbour_align_window aligns the neighbour search: set neighbour_positives > 0",
+            );
         }
         if self.neighbour_positives() > 0 && self.neighbour_components == 0 {
             return bad("neighbour_components must be positive");
@@ -383,6 +393,21 @@ mod tests {
             };
             cidfd.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn aligned_neighbours_need_neighbour_positives() {
+        let aligned = TrainConfig {
+            neighbour_align_window: 28,
+            ..Default::default()
+        };
+        aligned.validate().unwrap();
+        let without = TrainConfig {
+            neighbour_positives: Some(0),
+            ..aligned
+        };
+        let err = without.validate().unwrap_err().to_string();
+        assert!(err.contains("neighbour_align_window"), "{err}");
     }
 
     #[test]

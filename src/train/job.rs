@@ -147,12 +147,22 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
                 .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
         }
         if config.neighbour_positives() > 0 {
-            let neighbours = super::neighbours::Neighbours::in_whitened_pixels(
-                &target,
-                reference,
-                config.neighbour_positives(),
-                config.neighbour_components,
-            )?;
+            use super::neighbours::Neighbours;
+            let neighbours = match config.neighbour_align_window {
+                0 => Neighbours::in_whitened_pixels(
+                    &target,
+                    reference,
+                    config.neighbour_positives(),
+                    config.neighbour_components,
+                )?,
+                window => Neighbours::in_aligned_windows(
+                    &target,
+                    reference,
+                    config.neighbour_positives(),
+                    config.neighbour_components,
+                    (window, k, config.seed),
+                )?,
+            };
             match &labels {
                 Some(labels) => tracing::info!(
                     k = neighbours.k(),

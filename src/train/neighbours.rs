@@ -11,8 +11,15 @@ use rayon::prelude::*;
 
 use super::ImageSet;
 use crate::baselines::WHITENING_SHRINKAGE;
-use crate::baselines::{pca, reference_whitening};
+use crate::baselines::{
+    align_by_templates, pca, reference_whitened_pixels, reference_whitening, ShiftKMeans,
+};
 use crate::error::{Error, Result};
+
+/// Assignment and update rounds, and restarts, of the shift-invariant k-means that aligns the
+/// windows (as `salient compare --methods tic`).
+const ALIGN_ITERATIONS: usize = 15;
+const ALIGN_RESTARTS: usize = 3;
 
 /// Each target image's `k` nearest neighbours (itself excluded), nearest first.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +44,50 @@ impl Neighbours {
             reference_whitening(&floats(target), &floats(reference), d, WHITENING_SHRINKAGE)?;
         let components = components.min(d).min(target.len());
         let mut reduced = pca(&whitened, target.len(), d, components)?.embedding;
+        normalize_rows(&mut reduced, components);
+        Self::of_rows(&reduced, components, k)
+    }
+
+    /// Neighbours among windows of the reference-whitened pixels aligned by shift-invariant
+    /// k-means ([`align_by_templates`] with `clusters` templates of `window × window`), reduced
+    /// to `components` principal components and L2-normalised. When objects move within the
+    /// image, two images' pixels compare positions that do not correspond; their aligned
+    /// windows do. Single-channel images only.
+    pub fn in_aligned_windows(
+        target: &ImageSet,
+        reference: &ImageSet,
+        k: usize,
+        components: usize,
+        (window, clusters, seed): (usize, usize, u64),
+    ) -> Result<Self> {
+        let shape = target.shape;
+        if shape.channels != 1 {
+            return Err(Error::Invalid(format!(
+                "neighbour_align_window needs single-channel images, got {} channels",
+                shape.channels
+            )));
+        }
+        let d = shape.len();
+        let floats =
+            |set: &ImageSet| -> Vec<f32> { set.pixels.iter().map(|&v| v as f32 / 255.0).collect() };
+        let whitened =
+            reference_whitened_pixels(&floats(target), &floats(reference), d, WHITENING_SHRINKAGE)?;
+        let settings = ShiftKMeans {
+            window,
+            clusters,
+            iterations: ALIGN_ITERATIONS,
+            restarts: ALIGN_RESTARTS,
+            seed,
+        };
+        let aligned = align_by_templates(
+            &whitened,
+            target.len(),
+            (shape.height, shape.width),
+            settings,
+        )?;
+        let d = window * window;
+        let components = components.min(d).min(target.len());
+        let mut reduced = pca(&aligned.windows, target.len(), d, components)?.embedding;
         normalize_rows(&mut reduced, components);
         Self::of_rows(&reduced, components, k)
     }
@@ -114,7 +165,7 @@ fn normalize_rows(x: &mut [f32], d: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn nearest_rows_come_first_and_never_the_row_itself() {
@@ -139,6 +190,63 @@ mod tests {
         // Labels {0,0,0,1,1}: 8 of the 10 neighbour slots share their image's label (rows 3
         // and 4 each have row 2 as a neighbour).
         assert!((nb.purity(&[0, 0, 0, 1, 1]) - 0.8).abs() < 1e-12);
+    }
+
+    /// `n` single-channel `side × side` images: uniform noise, plus a bright 5×5 plus or ring
+    /// (alternating labels) at a random offset; and `n` noise-only references.
+    fn moving_pattern_sets(n: usize, side: usize) -> (ImageSet, ImageSet, Vec<i64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let shape = crate::data::ImageShape::new(1, side, side);
+        let noise = |rng: &mut ChaCha8Rng| -> Vec<u8> {
+            (0..side * side)
+                .map(|_| rng.random_range(60..=140))
+                .collect()
+        };
+        let (mut target, mut reference, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let label = (i % 2) as i64;
+            let mut image = noise(&mut rng);
+            let (top, left) = (
+                rng.random_range(0..=side - 5),
+                rng.random_range(0..=side - 5),
+            );
+            for r in 0..5 {
+                for c in 0..5 {
+                    let on = if label == 0 {
+                        r == 2 || c == 2
+                    } else {
+                        r == 0 || r == 4 || c == 0 || c == 4
+                    };
+                    if on {
+                        let p = &mut image[(top + r) * side + left + c];
+                        *p = p.saturating_add(90);
+                    }
+                }
+            }
+            target.extend(image);
+            reference.extend(noise(&mut rng));
+            labels.push(label);
+        }
+        let set = |pixels| ImageSet {
+            shape,
+            ids: (0..n as i64).collect(),
+            labels: labels.iter().map(|&l| Some(l)).collect(),
+            pixels,
+        };
+        (set(target), set(reference), labels)
+    }
+
+    #[test]
+    fn aligned_windows_give_purer_neighbours_when_objects_move() {
+        let (target, reference, labels) = moving_pattern_sets(300, 12);
+        let pixels = Neighbours::in_whitened_pixels(&target, &reference, 5, 16).unwrap();
+        let aligned =
+            Neighbours::in_aligned_windows(&target, &reference, 5, 16, (5, 2, 0)).unwrap();
+        let (p, a) = (pixels.purity(&labels), aligned.purity(&labels));
+        assert!(a > 0.9, "aligned-window purity {a}");
+        assert!(a > p + 0.1, "aligned {a} against whitened pixels {p}");
+        let window = Neighbours::in_aligned_windows(&target, &reference, 5, 16, (13, 2, 0));
+        assert!(window.unwrap_err().to_string().contains("window 13"));
     }
 
     #[test]
