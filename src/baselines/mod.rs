@@ -174,6 +174,28 @@ struct WhiteningBasis {
     scales: DVector<f64>,
 }
 
+impl WhiteningBasis {
+    /// The symmetric (ZCA) whitening matrix `V diag(scales) Vᵀ`.
+    fn zca(&self) -> DMatrix<f64> {
+        let v = &self.vectors;
+        v * DMatrix::from_diagonal(&self.scales) * v.transpose()
+    }
+}
+
+/// The basis of `reference`'s rows, after checking that `target` holds rows of `d` columns.
+fn target_and_basis(
+    target: &[f32],
+    reference: &[f32],
+    d: usize,
+    shrinkage: f64,
+) -> Result<WhiteningBasis, BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input("target", target, target.len() / d, d)?;
+    whitening_basis(reference, d, shrinkage)
+}
+
 /// The basis of `reference`'s rows (validated here, for every form of reference whitening).
 fn whitening_basis(
     reference: &[f32],
@@ -208,9 +230,7 @@ pub fn reference_whitening_matrix(
     d: usize,
     shrinkage: f64,
 ) -> Result<DMatrix<f64>, BaselineError> {
-    let basis = whitening_basis(reference, d, shrinkage)?;
-    let v = &basis.vectors;
-    Ok(v * DMatrix::from_diagonal(&basis.scales) * v.transpose())
+    Ok(whitening_basis(reference, d, shrinkage)?.zca())
 }
 
 /// Reference whitening: the target rows in the coordinates where the *reference* (background)
@@ -225,11 +245,7 @@ pub fn reference_whitening(
     d: usize,
     shrinkage: f64,
 ) -> Result<Vec<f32>, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("target", target, target.len() / d, d)?;
-    let basis = whitening_basis(reference, d, shrinkage)?;
+    let basis = target_and_basis(target, reference, d, shrinkage)?;
     let mut rows = Vec::with_capacity(d * d);
     for (j, scale) in basis.scales.iter().enumerate() {
         rows.extend(basis.vectors.column(j).iter().map(|&e| (e * scale) as f32));
@@ -253,15 +269,9 @@ pub fn reference_whitened_pixels(
     d: usize,
     shrinkage: f64,
 ) -> Result<Vec<f32>, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("target", target, target.len() / d, d)?;
-    let basis = whitening_basis(reference, d, shrinkage)?;
-    let v = &basis.vectors;
-    let zca = v * DMatrix::from_diagonal(&basis.scales) * v.transpose();
+    let basis = target_and_basis(target, reference, d, shrinkage)?;
     // Symmetric, so its column-major storage is also its rows.
-    let rows: Vec<f32> = zca.iter().map(|&e| e as f32).collect();
+    let rows: Vec<f32> = basis.zca().iter().map(|&e| e as f32).collect();
     Ok(project(target, d, &basis.mean, &rows))
 }
 
