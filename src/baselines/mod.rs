@@ -251,13 +251,13 @@ pub fn reference_whitening(
         rows.extend(basis.vectors.column(j).iter().map(|&e| (e * scale) as f32));
     }
     let mut z = project(target, d, &basis.mean, &rows);
-    z.par_chunks_exact_mut(d).for_each(|row| {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    });
+    normalize_rows(&mut z, d);
     Ok(z)
+}
+
+/// Scales each row of `d` columns to unit length (rows of zeros stay zero).
+pub(crate) fn normalize_rows(x: &mut [f32], d: usize) {
+    x.par_chunks_exact_mut(d).for_each(shift::normalise);
 }
 
 /// Reference whitening in pixel coordinates (the ZCA form `(x − μ_b) V diag((λ + ε)^(-1/2)) Vᵀ`

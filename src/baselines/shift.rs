@@ -145,7 +145,8 @@ impl Geometry {
     }
 }
 
-fn normalise(v: &mut [f32]) {
+/// Scales `v` to unit length (zeros stay zero).
+pub(super) fn normalise(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 use super::ImageSet;
 use crate::baselines::WHITENING_SHRINKAGE;
 use crate::baselines::{
-    align_by_templates, pca, reference_whitened_pixels, reference_whitening, ShiftKMeans,
+    align_by_templates, normalize_rows, pca, reference_whitened_pixels, reference_whitening,
+    ShiftKMeans,
 };
 use crate::error::{Error, Result};
 
@@ -151,15 +152,6 @@ impl Neighbours {
             .sum::<usize>();
         same as f64 / (labels.len() * self.k).max(1) as f64
     }
-}
-
-fn normalize_rows(x: &mut [f32], d: usize) {
-    x.par_chunks_exact_mut(d).for_each(|row| {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    });
 }
 
 #[cfg(test)]
