@@ -462,3 +462,26 @@ fn whitened_pixels_are_the_zca_matrix_applied_to_the_centred_targets() {
         }
     }
 }
+
+#[test]
+fn normalised_whitened_pixels_keep_the_distances_of_reference_whitening() {
+    // `compare` derives whitening's rows from the ZCA pixels when it also runs tic: the two
+    // forms differ by a rotation, so every pairwise distance k-means reads must agree.
+    let reference = axis_noise(500, &[3.0, 0.5, 0.1], 2);
+    let target = axis_noise(20, &[1.0, 1.0, 1.0], 3);
+    let a = reference_whitening(&target, &reference, 3, 0.5).unwrap();
+    let mut b = reference_whitened_pixels(&target, &reference, 3, 0.5).unwrap();
+    normalize_rows(&mut b, 3);
+    let distance = |x: &[f32], i: usize, j: usize| -> f32 {
+        (0..3)
+            .map(|c| (x[i * 3 + c] - x[j * 3 + c]).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    };
+    for i in 0..20 {
+        for j in i + 1..20 {
+            let (da, db) = (distance(&a, i, j), distance(&b, i, j));
+            assert!((da - db).abs() < 1e-4, "rows {i}, {j}: {da} against {db}");
+        }
+    }
+}
