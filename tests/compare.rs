@@ -25,16 +25,21 @@ fn job(
     }
 }
 
-#[test]
-fn whitening_beats_raw_pixels_and_tic_equals_it_on_aligned_digits() {
-    let dir = tempfile::tempdir().unwrap();
-    let built = datasets::build(
+/// The contrastive-PCA protocol's dataset (digits 0 and 1 on grass), dataset seed 0.
+fn mnist_grass_01(dir: &std::path::Path) -> datasets::BuiltDataset {
+    datasets::build(
         DatasetName::MnistGrass01,
-        dir.path(),
+        dir,
         0,
         &datasets::default_sources_dir(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn whitening_beats_raw_pixels_and_tic_equals_it_on_aligned_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = mnist_grass_01(dir.path());
     let methods = vec![
         CompareMethod::Raw,
         CompareMethod::Whiten,
@@ -63,13 +68,7 @@ fn whitening_beats_raw_pixels_and_tic_equals_it_on_aligned_digits() {
 #[test]
 fn tic_refuses_a_window_larger_than_the_images() {
     let dir = tempfile::tempdir().unwrap();
-    let built = datasets::build(
-        DatasetName::MnistGrass01,
-        dir.path(),
-        0,
-        &datasets::default_sources_dir(),
-    )
-    .unwrap();
+    let built = mnist_grass_01(dir.path());
     let mut too_wide = job(dir.path(), &built, vec![CompareMethod::Tic]);
     too_wide.align_window = 40;
     let err = compare::run(&too_wide).unwrap_err().to_string();

@@ -88,7 +88,9 @@ def tic(z, k, iters, seed):
     return kk, oo, ss.sum(), templates
 
 
-def main(directory, n=10000, k=10, iters=15, restarts=3):
+def whitened_targets(directory, n, shrinkage=1.0):
+    """The first n targets (images) ZCA-whitened with the reference covariance, ε = shrinkage ×
+    the mean eigenvalue, and their labels."""
     x, y = load(f"{directory}/target.parquet")
     b, _ = load(f"{directory}/reference.parquet")
     x, y = x[:n], y[:n]
@@ -96,8 +98,13 @@ def main(directory, n=10000, k=10, iters=15, restarts=3):
     xf, bf = x.reshape(m, -1), b.reshape(len(b), -1)
     mu = bf.mean(0)
     ev, v = np.linalg.eigh(np.cov(bf - mu, rowvar=False))
-    white = v @ np.diag(1 / np.sqrt(ev.clip(0) + ev.mean())) @ v.T
-    z = ((xf - mu) @ white).reshape(m, h, w).astype(np.float32)
+    white = v @ np.diag(1 / np.sqrt(ev.clip(0) + shrinkage * ev.mean())) @ v.T
+    return ((xf - mu) @ white).reshape(m, h, w).astype(np.float32), y
+
+
+def main(directory, n=10000, k=10, iters=15, restarts=3):
+    z, y = whitened_targets(directory, n)
+    m, h, w = z.shape
     print(f"{m} targets {h}x{w}, window {WINDOW}, K {k}, {iters} iterations, {restarts} restarts",
           flush=True)
     print(f"whitened pixels: purity@10 {purity(z.reshape(m, -1), y):.3f}", flush=True)
