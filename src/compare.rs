@@ -294,7 +294,13 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {
                     let idfd = *method == CompareMethod::Idfd;
-                    let method_name = if idfd { "idfd" } else { "cidfd" };
+                    // Settings that change what the positives are name the row, as the
+                    // window names tic's: the default cIDFD and its aligned form are two rows.
+                    let (method_name, dir_name) = match (idfd, job.train.neighbour_align_window) {
+                        (true, _) => ("idfd".to_string(), "idfd".to_string()),
+                        (false, 0) => ("cidfd".to_string(), "cidfd".to_string()),
+                        (false, w) => (format!("cidfd(align={w})"), format!("cidfd-align{w}")),
+                    };
                     let mut config = TrainConfig {
                         method: if idfd { Method::Idfd } else { Method::Cidfd },
                         seed,
@@ -306,22 +312,23 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         // neighbours found in reference-whitened pixels.
                         config.whitening_kernel = Some(0);
                         config.neighbour_positives = Some(0);
+                        config.neighbour_align_window = 0;
                     }
                     let train = TrainJob {
                         target: job.target.clone(),
                         reference: Some(job.reference.clone()),
-                        out: job.work_dir.join(format!("{method_name}-seed{seed}")),
+                        out: job.work_dir.join(format!("{dir_name}-seed{seed}")),
                         config,
                         resume: false,
                         size: job.size,
                         device: candle_core::Device::Cpu,
                     };
-                    tracing::info!(method = method_name, seed, "training");
+                    tracing::info!(method = %method_name, seed, "training");
                     let report = job::run(&train)?;
                     let s = report.metrics.ok_or_else(|| {
                         Error::Invalid("internal: training on labelled data gave no metrics".into())
                     })?;
-                    push(&mut runs, method_name, Some(s), took(0.0));
+                    push(&mut runs, &method_name, Some(s), took(0.0));
                 }
             }
         }

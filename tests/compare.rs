@@ -1,5 +1,7 @@
 //! `compare`: the suite's baselines on a bundled dataset, every method through the same k-means.
 
+mod common;
+
 use salient::compare::{self, CompareJob, CompareMethod};
 use salient::data::SizePolicy;
 use salient::datasets::{self, DatasetName};
@@ -73,4 +75,36 @@ fn tic_refuses_a_window_larger_than_the_images() {
     too_wide.align_window = 40;
     let err = compare::run(&too_wide).unwrap_err().to_string();
     assert!(err.contains("40") && err.contains("28"), "{err}");
+}
+
+#[test]
+fn aligned_neighbours_name_their_cidfd_row_and_idfd_ignores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = datasets::build_with_rows(
+        DatasetName::MnistGrass01,
+        dir.path(),
+        0,
+        &datasets::default_sources_dir(),
+        Some(256),
+    )
+    .unwrap();
+    let mut both = job(
+        dir.path(),
+        &built,
+        vec![CompareMethod::Idfd, CompareMethod::Cidfd],
+    );
+    both.train = TrainConfig {
+        neighbour_align_window: 20,
+        ..common::tiny_config()
+    };
+    let rows = compare::run(&both).unwrap();
+    let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["idfd", "cidfd(align=20)"]);
+    assert!(dir
+        .path()
+        .join("compare/cidfd-align20-seed0/model.onnx")
+        .exists());
+    assert!(rows
+        .iter()
+        .all(|(_, s)| s.n == 256 && (0.0..=1.0).contains(&s.acc)));
 }
