@@ -143,15 +143,9 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         None
     };
     let d = shape.len();
-    let to_floats = |set: &ImageSet| {
-        set.pixels
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect::<Vec<f32>>()
-    };
-    let x = to_floats(&target);
+    let x = target.unit_pixels();
     // cPCA and whitening share the reference pixels: convert them once.
-    let b = reference.as_ref().map(to_floats);
+    let b = reference.as_ref().map(ImageSet::unit_pixels);
     let mut runs: Vec<(String, Vec<ClusterScores>, Vec<f64>)> = Vec::new();
     let restarts = job.train.kmeans_restarts;
     let k = job.clusters;

@@ -133,11 +133,8 @@ pub fn cpca_grid(
     components: usize,
     alphas: &[f64],
 ) -> Result<Vec<Projection>, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("target", target, target.len() / d, d)?;
-    check_input("reference", reference, reference.len() / d, d)?;
+    check_rows("target", target, d)?;
+    check_rows("reference", reference, d)?;
     check_components(components, d)?;
     if let Some(&alpha) = alphas.iter().find(|a| !(a.is_finite() && **a >= 0.0)) {
         return Err(BaselineError::InvalidAlpha(alpha));
@@ -189,10 +186,7 @@ fn target_and_basis(
     d: usize,
     shrinkage: f64,
 ) -> Result<WhiteningBasis, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("target", target, target.len() / d, d)?;
+    check_rows("target", target, d)?;
     whitening_basis(reference, d, shrinkage)
 }
 
@@ -202,10 +196,7 @@ fn whitening_basis(
     d: usize,
     shrinkage: f64,
 ) -> Result<WhiteningBasis, BaselineError> {
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    check_input("reference", reference, reference.len() / d, d)?;
+    check_rows("reference", reference, d)?;
     if !(shrinkage.is_finite() && shrinkage > 0.0) {
         return Err(BaselineError::InvalidAlpha(shrinkage));
     }
@@ -273,6 +264,14 @@ pub fn reference_whitened_pixels(
     // Symmetric, so its column-major storage is also its rows.
     let rows: Vec<f32> = basis.zca().iter().map(|&e| e as f32).collect();
     Ok(project(target, d, &basis.mean, &rows))
+}
+
+/// [`check_input`] for `x` read as rows of `d` columns (`d = 0` is refused before dividing).
+fn check_rows(which: &'static str, x: &[f32], d: usize) -> Result<(), BaselineError> {
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    check_input(which, x, x.len() / d, d)
 }
 
 fn check_input(which: &'static str, x: &[f32], n: usize, d: usize) -> Result<(), BaselineError> {

@@ -28,6 +28,12 @@ impl ImageSet {
         &self.pixels[i * self.shape.len()..(i + 1) * self.shape.len()]
     }
 
+    /// Every pixel scaled to [0, 1], rows one after another: the input of the pixel-space
+    /// baselines and neighbour searches.
+    pub fn unit_pixels(&self) -> Vec<f32> {
+        self.pixels.iter().map(|&v| f32::from(v) / 255.0).collect()
+    }
+
     /// Labels if every row has one (evaluation needs them all).
     pub fn complete_labels(&self) -> Option<Vec<i64>> {
         self.labels.iter().copied().collect()

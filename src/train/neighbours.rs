@@ -39,10 +39,12 @@ impl Neighbours {
         components: usize,
     ) -> Result<Self> {
         let d = target.shape.len();
-        let floats =
-            |set: &ImageSet| -> Vec<f32> { set.pixels.iter().map(|&v| v as f32 / 255.0).collect() };
-        let whitened =
-            reference_whitening(&floats(target), &floats(reference), d, WHITENING_SHRINKAGE)?;
+        let whitened = reference_whitening(
+            &target.unit_pixels(),
+            &reference.unit_pixels(),
+            d,
+            WHITENING_SHRINKAGE,
+        )?;
         let components = components.min(d).min(target.len());
         let mut reduced = pca(&whitened, target.len(), d, components)?.embedding;
         normalize_rows(&mut reduced, components);
@@ -69,10 +71,12 @@ impl Neighbours {
             )));
         }
         let d = shape.len();
-        let floats =
-            |set: &ImageSet| -> Vec<f32> { set.pixels.iter().map(|&v| v as f32 / 255.0).collect() };
-        let whitened =
-            reference_whitened_pixels(&floats(target), &floats(reference), d, WHITENING_SHRINKAGE)?;
+        let whitened = reference_whitened_pixels(
+            &target.unit_pixels(),
+            &reference.unit_pixels(),
+            d,
+            WHITENING_SHRINKAGE,
+        )?;
         let settings = ShiftKMeans {
             window,
             clusters,
