@@ -5,10 +5,11 @@
 #
 #   bash benches/quality.sh [WORK_DIR]
 #
-# Writes docs/quality.md (Markdown table, dated, with the machine), docs/quality.json and
-# docs/quality.png (bar chart); per-dataset JSON and the trained models stay in WORK_DIR
-# (default out/quality). A dataset's JSON keeps the rows of methods a later run did not ask
-# for, so a method can be rerun or added alone. Settings through the environment:
+# Writes docs/quality.md (Markdown table; each row with its date, machine and training
+# settings), docs/quality.json and docs/quality.png (bar chart); per-dataset JSON and the
+# trained models stay in WORK_DIR (default out/quality). Rows of methods and datasets a run did
+# not ask for keep their earlier results (from WORK_DIR, else from docs/quality.json), so a
+# method can be rerun or added alone. Settings through the environment:
 #   SALIENT   the salient binary (default: built here with `cargo build --release`)
 #   DATASETS  space-separated dataset names (default: all six)
 #   METHODS   comma-separated methods (default: raw,pca,cpca,whiten,tic,idfd,cidfd)
@@ -33,8 +34,9 @@ fi
 mkdir -p "$work" "$docs"
 
 extra=()
-[[ -n "${CONFIG:-}" ]] && extra+=(--config "$CONFIG")
-[[ -n "${EPOCHS:-}" ]] && extra+=(--epochs "$EPOCHS")
+settings=""
+[[ -n "${CONFIG:-}" ]] && extra+=(--config "$CONFIG") && settings="$CONFIG"
+[[ -n "${EPOCHS:-}" ]] && extra+=(--epochs "$EPOCHS") && settings="${settings:+$settings, }epochs $EPOCHS"
 
 for name in $datasets; do
     case "$name" in
@@ -51,19 +53,13 @@ for name in $datasets; do
         --reference "$work/data/$name/reference.parquet" --clusters "$k" --seeds "$seeds" \
         --methods "$methods" --work-dir "$work/models/$name" --format json "${extra[@]}" \
         > "$work/$name.json.tmp"
-    # Rows of methods this run did not ask for keep their earlier results, so one method can be
-    # rerun (or added) on its own.
-    python3 - "$work/$name.json" "$work/$name.json.tmp" <<'PY'
-import json, os, sys
-old, new = sys.argv[1], sys.argv[2]
-rows = json.load(open(old)) if os.path.exists(old) else {}
-rows.update(json.load(open(new)))
-with open(new, 'w') as f:
-    json.dump(rows, f, indent=2, sort_keys=True)
-PY
+    # Rows of methods this run did not ask for keep their earlier results (from the work
+    # directory, or the published table on a fresh clone), so one method can be rerun or added
+    # on its own; every new row is stamped with its date, processor and training settings.
+    python3 benches/quality_table.py merge "$work/$name.json" "$work/$name.json.tmp" \
+        --published "$docs/quality.json" --dataset "$name" ${settings:+--settings "$settings"}
     mv "$work/$name.json.tmp" "$work/$name.json"
 done
 
 python3 -m pip install --quiet --disable-pip-version-check matplotlib
-python3 benches/quality_table.py --work "$work" --docs "$docs" --datasets $datasets \
-    --command "\`bash benches/quality.sh${DATASETS:+ (DATASETS=\"$DATASETS\")}${METHODS:+ (METHODS=$METHODS)}${CONFIG:+ (CONFIG=$CONFIG)}${EPOCHS:+ (EPOCHS=$EPOCHS)} (SEEDS=$seeds)\`"
+python3 benches/quality_table.py table --work "$work" --docs "$docs" --published "$docs/quality.json"

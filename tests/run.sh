@@ -24,5 +24,8 @@ bash data/scripts/fetch-fashion-mnist.sh
 c++ -O1 -x c++ tests/cuda/nhwc_host.cpp -o "${TMPDIR:-/tmp}/salient-nhwc-host"
 "${TMPDIR:-/tmp}/salient-nhwc-host"
 
+# The quality suite's merge and table steps (benches/quality_table.py).
+python3 tests/quality_table_test.py
+
 # `ballista`: the scale-out test (tests/ballista.rs) starts a scheduler and two executors.
 cargo test --locked --features ballista "$@"
