@@ -90,9 +90,7 @@ def table(a):
     if a.published and os.path.exists(a.published):
         with open(a.published) as f:
             published = json.load(f)['results']
-    results = {}
-    for name in published:
-        results[name] = published[name]
+    results = dict(published)
     if os.path.isdir(a.work):
         for f in os.listdir(a.work):
             if f.endswith('.json'):
