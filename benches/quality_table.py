@@ -44,6 +44,25 @@ def cpu_name():
         return platform.processor() or 'unknown CPU'
 
 
+def write_atomically(path, write):
+    """Runs `write(tmp_path)`, then renames the file into place: a failed run leaves `path` as
+    it was."""
+    tmp = path + '.tmp'
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+    write_atomically(path, write)
+
+
 def is_learned(method):
     """IDFD and cIDFD rows (`cidfd`, `cidfd(align=28)`, ...): the ones training settings change."""
     return method.split('(')[0] in ('idfd', 'cidfd')
@@ -66,8 +85,7 @@ def merge(a):
         if is_learned(method):
             row['measured']['settings'] = a.settings or 'defaults'
     rows.update(new)
-    with open(a.new, 'w') as f:
-        json.dump(rows, f, indent=2, sort_keys=True)
+    write_text(a.new, json.dumps(rows, indent=2, sort_keys=True))
 
 
 def measured_cell(row, machines):
@@ -139,10 +157,9 @@ def table(a):
         *body,
     ]
     os.makedirs(a.docs, exist_ok=True)
-    with open(os.path.join(a.docs, 'quality.md'), 'w') as f:
-        f.write('\n'.join(lines))
-    with open(os.path.join(a.docs, 'quality.json'), 'w') as f:
-        json.dump({'date': today, 'command': a.command, 'results': results}, f, indent=1)
+    write_text(os.path.join(a.docs, 'quality.md'), '\n'.join(lines))
+    write_text(os.path.join(a.docs, 'quality.json'),
+               json.dumps({'date': today, 'command': a.command, 'results': results}, indent=1))
 
     if a.no_chart:
         return
@@ -159,7 +176,8 @@ def table(a):
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel('ACC')
     fig.tight_layout()
-    fig.savefig(os.path.join(a.docs, 'quality.png'), dpi=90)
+    write_atomically(os.path.join(a.docs, 'quality.png'),
+                     lambda tmp: fig.savefig(tmp, dpi=90, format='png'))
 
 
 def main():

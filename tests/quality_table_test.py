@@ -92,6 +92,24 @@ class QualityTable(unittest.TestCase):
         self.assertEqual(sorted(published), ['mnist-grass-01', 'mnist-grass-shifted'])
         self.assertIn('cidfd(align=28)', published['mnist-grass-shifted'])
 
+    def test_a_failed_write_leaves_the_file_as_it_was(self):
+        sys.path.insert(0, os.path.dirname(SCRIPT))
+        import quality_table
+        path = os.path.join(self.docs, 'quality.md')
+        with open(path, 'w') as f:
+            f.write('before')
+
+        def fail_half_way(tmp):
+            with open(tmp, 'w') as f:
+                f.write('half')
+            raise OSError('disk full')
+
+        with self.assertRaises(OSError):
+            quality_table.write_atomically(path, fail_half_way)
+        with open(path) as f:
+            self.assertEqual(f.read(), 'before')
+        self.assertEqual(sorted(os.listdir(self.docs)), ['quality.json', 'quality.md'])
+
 
 if __name__ == '__main__':
     unittest.main()
