@@ -290,10 +290,31 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     let idfd = *method == CompareMethod::Idfd;
                     // Settings that change what the positives are name the row, as the
                     // window names tic's: the default cIDFD and its aligned form are two rows.
-                    let (method_name, dir_name) = match (idfd, job.train.neighbour_align_window) {
-                        (true, _) => ("idfd".to_string(), "idfd".to_string()),
-                        (false, 0) => ("cidfd".to_string(), "cidfd".to_string()),
-                        (false, w) => (format!("cidfd(align={w})"), format!("cidfd-align{w}")),
+                    let (method_name, dir_name) = if idfd {
+                        ("idfd".to_string(), "idfd".to_string())
+                    } else {
+                        let positives: Vec<(&str, usize)> = [
+                            ("align", job.train.neighbour_align_window),
+                            ("skip", job.train.neighbour_skip_raw_nearest),
+                        ]
+                        .into_iter()
+                        .filter(|&(_, v)| v > 0)
+                        .collect();
+                        if positives.is_empty() {
+                            ("cidfd".to_string(), "cidfd".to_string())
+                        } else {
+                            let name = |sep: &str, join: &str| {
+                                positives
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}{sep}{v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(join)
+                            };
+                            (
+                                format!("cidfd({})", name("=", ",")),
+                                format!("cidfd-{}", name("", "-")),
+                            )
+                        }
                     };
                     let mut config = TrainConfig {
                         method: if idfd { Method::Idfd } else { Method::Cidfd },
@@ -307,6 +328,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         config.whitening_kernel = Some(0);
                         config.neighbour_positives = Some(0);
                         config.neighbour_align_window = 0;
+                        config.neighbour_skip_raw_nearest = 0;
                     }
                     let train = TrainJob {
                         target: job.target.clone(),

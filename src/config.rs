@@ -99,6 +99,11 @@ pub struct TrainConfig {
     /// the whitened pixels (one template per cluster), for objects that move within the image
     /// (0: whole images, as they are).
     pub neighbour_align_window: usize,
+    /// Never pair an image with any of its this many nearest images in the raw pixels (PCA to
+    /// `neighbour_components`, cosine): where the background dominates the pixels, those are
+    /// mostly images on overlapping crops of one background, which share the background more
+    /// often than the object (0: off).
+    pub neighbour_skip_raw_nearest: usize,
     /// One softmax over a joint bank of target and reference rows (reference rows have a zero
     /// salient part) instead of separate banks.
     pub joint_bank: bool,
@@ -155,6 +160,7 @@ impl Default for TrainConfig {
             neighbour_components: 64,
             neighbour_refresh_every: 0,
             neighbour_align_window: 0,
+            neighbour_skip_raw_nearest: 0,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,
@@ -264,6 +270,11 @@ impl TrainConfig {
         if self.neighbour_align_window > 0 && self.neighbour_positives() == 0 {
             return bad(
                 "neighbour_align_window aligns the neighbour search: set neighbour_positives > 0",
+            );
+        }
+        if self.neighbour_skip_raw_nearest > 0 && self.neighbour_positives() == 0 {
+            return bad(
+                "neighbour_skip_raw_nearest filters the neighbour positives: set neighbour_positives > 0",
             );
         }
         if self.neighbour_positives() > 0 && self.neighbour_components == 0 {
@@ -408,6 +419,21 @@ mod tests {
         };
         let err = without.validate().unwrap_err().to_string();
         assert!(err.contains("neighbour_align_window"), "{err}");
+    }
+
+    #[test]
+    fn skipping_raw_nearest_needs_neighbour_positives() {
+        let skip = TrainConfig {
+            neighbour_skip_raw_nearest: 3,
+            ..Default::default()
+        };
+        skip.validate().unwrap();
+        let without = TrainConfig {
+            neighbour_positives: Some(0),
+            ..skip
+        };
+        let err = without.validate().unwrap_err().to_string();
+        assert!(err.contains("neighbour_skip_raw_nearest"), "{err}");
     }
 
     #[test]

@@ -95,14 +95,15 @@ fn aligned_neighbours_name_their_cidfd_row_and_idfd_ignores_them() {
     );
     both.train = TrainConfig {
         neighbour_align_window: 20,
+        neighbour_skip_raw_nearest: 2,
         ..common::tiny_config()
     };
     let rows = compare::run(&both).unwrap();
     let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["idfd", "cidfd(align=20)"]);
+    assert_eq!(names, ["idfd", "cidfd(align=20,skip=2)"]);
     assert!(dir
         .path()
-        .join("compare/cidfd-align20-seed0/model.onnx")
+        .join("compare/cidfd-align20-skip2-seed0/model.onnx")
         .exists());
     assert!(rows
         .iter()

@@ -148,21 +148,28 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         }
         if config.neighbour_positives() > 0 {
             use super::neighbours::Neighbours;
-            let neighbours = match config.neighbour_align_window {
+            // Search as many more as will be skipped, so that `neighbour_positives` remain.
+            let skip = config.neighbour_skip_raw_nearest;
+            let search = config.neighbour_positives() + skip;
+            let mut neighbours = match config.neighbour_align_window {
                 0 => Neighbours::in_whitened_pixels(
                     &target,
                     reference,
-                    config.neighbour_positives(),
+                    search,
                     config.neighbour_components,
                 )?,
                 window => Neighbours::in_aligned_windows(
                     &target,
                     reference,
-                    config.neighbour_positives(),
+                    search,
                     config.neighbour_components,
                     (window, k, config.seed),
                 )?,
             };
+            if skip > 0 {
+                let twins = Neighbours::in_raw_pixels(&target, skip, config.neighbour_components)?;
+                neighbours = neighbours.without(&twins, config.neighbour_positives())?;
+            }
             match &labels {
                 Some(labels) => tracing::info!(
                     k = neighbours.k(),

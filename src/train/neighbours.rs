@@ -97,6 +97,44 @@ impl Neighbours {
         Self::of_rows(&reduced, components, k)
     }
 
+    /// Each image's `k` nearest images in the raw pixels, reduced to `components` principal
+    /// components and L2-normalised. Where the background dominates the pixels, these are
+    /// mostly images on overlapping crops of the same background photograph: they share the
+    /// image's background more often than its object, so they make poor positives (see
+    /// [`Neighbours::without`]).
+    pub fn in_raw_pixels(target: &ImageSet, k: usize, components: usize) -> Result<Self> {
+        let d = target.shape.len();
+        let components = components.min(d).min(target.len());
+        let mut reduced = pca(&target.unit_pixels(), target.len(), d, components)?.embedding;
+        normalize_rows(&mut reduced, components);
+        Self::of_rows(&reduced, components, k)
+    }
+
+    /// The first `k` of each image's neighbours that are not among its `excluded` ones. `self`
+    /// must hold at least `k + excluded.k()` neighbours per image, so that `k` always remain.
+    pub fn without(&self, excluded: &Neighbours, k: usize) -> Result<Self> {
+        let n = self.indices.len() / self.k.max(1);
+        if k == 0 || self.k < k + excluded.k || excluded.indices.len() != n * excluded.k {
+            return Err(Error::Invalid(format!(
+                "internal: {} neighbours per image cannot leave {k} after excluding {} of {} images",
+                self.k,
+                excluded.k,
+                excluded.indices.len() / excluded.k.max(1)
+            )));
+        }
+        let indices = (0..n)
+            .flat_map(|i| {
+                let skip = excluded.of(i);
+                self.of(i)
+                    .iter()
+                    .copied()
+                    .filter(move |j| !skip.contains(j))
+                    .take(k)
+            })
+            .collect();
+        Ok(Self { k, indices })
+    }
+
     /// The `k` most cosine-similar rows of each of the (L2-normalised) `rows`.
     pub fn of_rows(rows: &[f32], d: usize, k: usize) -> Result<Self> {
         let n = rows.len() / d.max(1);
@@ -243,6 +281,71 @@ mod tests {
         assert!(a > p + 0.1, "aligned {a} against whitened pixels {p}");
         let window = Neighbours::in_aligned_windows(&target, &reference, 5, 16, (13, 2, 0));
         assert!(window.unwrap_err().to_string().contains("window 13"));
+    }
+
+    #[test]
+    fn excluded_neighbours_are_skipped_and_the_next_ones_take_their_place() {
+        // Points on the unit circle at angles 0, 10, 25, 90, 100 degrees.
+        let rows: Vec<f32> = [0f32, 10.0, 25.0, 90.0, 100.0]
+            .iter()
+            .flat_map(|a| {
+                let r = a.to_radians();
+                [r.cos(), r.sin()]
+            })
+            .collect();
+        let search = Neighbours::of_rows(&rows, 2, 3).unwrap();
+        // Row 0's nearest are 1, 2, 3; excluding 1 leaves 2 and 3. Row 3's are 4, 2, 1;
+        // excluding 0 (not among them) keeps 4 and 2.
+        let excluded = Neighbours {
+            k: 1,
+            indices: vec![1, 0, 0, 0, 3],
+        };
+        let kept = search.without(&excluded, 2).unwrap();
+        assert_eq!(kept.of(0), &[2, 3]);
+        assert_eq!(kept.of(3), &[4, 2]);
+        assert_eq!(kept.of(4), &[2, 1]);
+        assert!(search.without(&excluded, 3).is_err());
+    }
+
+    /// Images on overlapping crops of one background are each other's nearest raw-pixel
+    /// neighbours; excluding them leaves the neighbours that share the object.
+    #[test]
+    fn raw_pixel_twins_are_excluded_from_the_positives() {
+        let side = 8;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let backgrounds: Vec<Vec<u8>> = (0..20)
+            .map(|_| {
+                (0..side * side)
+                    .map(|_| rng.random_range(40..=200))
+                    .collect()
+            })
+            .collect();
+        // 40 images: background b = i / 2 (twins share it), object = label on a faint stripe.
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let label = (i % 2) as i64;
+            pixels.extend(backgrounds[i / 2].iter().enumerate().map(|(p, &v)| {
+                let stripe = if label == 0 {
+                    p / side == 3
+                } else {
+                    p % side == 3
+                };
+                v.saturating_add(if stripe { 20 } else { 0 })
+            }));
+            labels.push(label);
+        }
+        let shape = crate::data::ImageShape::new(1, side, side);
+        let target = ImageSet {
+            shape,
+            ids: (0..40).collect(),
+            labels: labels.iter().map(|&l| Some(l)).collect(),
+            pixels,
+        };
+        let raw = Neighbours::in_raw_pixels(&target, 1, 16).unwrap();
+        for i in 0..40 {
+            assert_eq!(raw.of(i), &[(i ^ 1) as u32], "row {i}'s twin");
+        }
+        assert_eq!(raw.purity(&labels), 0.0);
     }
 
     #[test]
