@@ -158,3 +158,42 @@ fn idfd_needs_no_reference_and_cidfd_refuses_to_run_without_one() {
     let err = run(&cidfd).unwrap_err();
     assert!(err.to_string().contains("--reference"), "{err}");
 }
+
+#[test]
+fn skipped_raw_neighbours_must_leave_room_for_the_positives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = datasets::build_with_rows(
+        DatasetName::MnistGrass,
+        dir.path(),
+        1,
+        &datasets::default_sources_dir(),
+        Some(64),
+    )
+    .unwrap();
+    let too_many = job(
+        dir.path(),
+        &data,
+        TrainConfig {
+            neighbour_skip_raw_nearest: 54,
+            ..small_config(1)
+        },
+        false,
+    );
+    let err = run(&too_many).unwrap_err().to_string();
+    assert!(
+        err.contains("neighbour_skip_raw_nearest (54)") && err.contains("(64)"),
+        "{err}"
+    );
+    assert!(!too_many.out.join(WEIGHTS_FILE).exists());
+
+    let fits = job(
+        dir.path(),
+        &data,
+        TrainConfig {
+            neighbour_skip_raw_nearest: 3,
+            ..small_config(1)
+        },
+        false,
+    );
+    assert_eq!(run(&fits).unwrap().epochs, 1);
+}

@@ -151,6 +151,13 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             // Search as many more as will be skipped, so that `neighbour_positives` remain.
             let skip = config.neighbour_skip_raw_nearest;
             let search = config.neighbour_positives() + skip;
+            if skip > 0 && search >= target.len() {
+                return Err(Error::Invalid(format!(
+                    "neighbour_positives ({}) + neighbour_skip_raw_nearest ({skip}) must be below the number of target rows ({})",
+                    config.neighbour_positives(),
+                    target.len()
+                )));
+            }
             let mut neighbours = match config.neighbour_align_window {
                 0 => Neighbours::in_whitened_pixels(
                     &target,
