@@ -21,6 +21,18 @@ fn small_config(epochs: usize) -> TrainConfig {
     }
 }
 
+/// The first `rows` rows of mnist-grass (targets and references), built with `seed`.
+fn mnist_grass(dir: &std::path::Path, seed: u64, rows: usize) -> datasets::BuiltDataset {
+    datasets::build_with_rows(
+        DatasetName::MnistGrass,
+        dir,
+        seed,
+        &datasets::default_sources_dir(),
+        Some(rows),
+    )
+    .unwrap()
+}
+
 fn job(
     dir: &std::path::Path,
     data: &datasets::BuiltDataset,
@@ -41,14 +53,7 @@ fn job(
 #[test]
 fn cidfd_trains_writes_a_model_directory_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
-    let data = datasets::build_with_rows(
-        DatasetName::MnistGrass,
-        dir.path(),
-        0,
-        &datasets::default_sources_dir(),
-        Some(256),
-    )
-    .unwrap();
+    let data = mnist_grass(dir.path(), 0, 256);
     let report = run(&job(dir.path(), &data, small_config(2), false)).unwrap();
     assert_eq!(report.epochs, 2);
     assert_eq!((report.k, report.d), (10, 16));
@@ -125,14 +130,7 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
 #[test]
 fn idfd_needs_no_reference_and_cidfd_refuses_to_run_without_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = datasets::build_with_rows(
-        DatasetName::MnistGrass,
-        dir.path(),
-        1,
-        &datasets::default_sources_dir(),
-        Some(64),
-    )
-    .unwrap();
+    let data = mnist_grass(dir.path(), 1, 64);
     let mut idfd = job(
         dir.path(),
         &data,
@@ -162,14 +160,7 @@ fn idfd_needs_no_reference_and_cidfd_refuses_to_run_without_one() {
 #[test]
 fn skipped_raw_neighbours_must_leave_room_for_the_positives() {
     let dir = tempfile::tempdir().unwrap();
-    let data = datasets::build_with_rows(
-        DatasetName::MnistGrass,
-        dir.path(),
-        1,
-        &datasets::default_sources_dir(),
-        Some(64),
-    )
-    .unwrap();
+    let data = mnist_grass(dir.path(), 1, 64);
     let too_many = job(
         dir.path(),
         &data,

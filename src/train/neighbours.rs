@@ -45,10 +45,7 @@ impl Neighbours {
             d,
             WHITENING_SHRINKAGE,
         )?;
-        let components = components.min(d).min(target.len());
-        let mut reduced = pca(&whitened, target.len(), d, components)?.embedding;
-        normalize_rows(&mut reduced, components);
-        Self::of_rows(&reduced, components, k)
+        Self::in_principal_components(&whitened, target.len(), d, components, k)
     }
 
     /// Neighbours among windows of the reference-whitened pixels aligned by shift-invariant
@@ -90,11 +87,13 @@ impl Neighbours {
             (shape.height, shape.width),
             settings,
         )?;
-        let d = window * window;
-        let components = components.min(d).min(target.len());
-        let mut reduced = pca(&aligned.windows, target.len(), d, components)?.embedding;
-        normalize_rows(&mut reduced, components);
-        Self::of_rows(&reduced, components, k)
+        Self::in_principal_components(
+            &aligned.windows,
+            target.len(),
+            window * window,
+            components,
+            k,
+        )
     }
 
     /// Each image's `k` nearest images in the raw pixels, reduced to `components` principal
@@ -103,9 +102,21 @@ impl Neighbours {
     /// image's background more often than its object, so they make poor positives (see
     /// [`Neighbours::without`]).
     pub fn in_raw_pixels(target: &ImageSet, k: usize, components: usize) -> Result<Self> {
-        let d = target.shape.len();
-        let components = components.min(d).min(target.len());
-        let mut reduced = pca(&target.unit_pixels(), target.len(), d, components)?.embedding;
+        let pixels = target.unit_pixels();
+        Self::in_principal_components(&pixels, target.len(), target.shape.len(), components, k)
+    }
+
+    /// Neighbours among `n` rows of `d` values, reduced to `components` principal components
+    /// (at most `d` and `n`) and L2-normalised.
+    fn in_principal_components(
+        rows: &[f32],
+        n: usize,
+        d: usize,
+        components: usize,
+        k: usize,
+    ) -> Result<Self> {
+        let components = components.min(d).min(n);
+        let mut reduced = pca(rows, n, d, components)?.embedding;
         normalize_rows(&mut reduced, components);
         Self::of_rows(&reduced, components, k)
     }
@@ -201,16 +212,20 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    #[test]
-    fn nearest_rows_come_first_and_never_the_row_itself() {
-        // Points on the unit circle at angles 0, 10, 25, 90, 100 degrees.
-        let rows: Vec<f32> = [0f32, 10.0, 25.0, 90.0, 100.0]
+    /// Points on the unit circle at angles 0, 10, 25, 90, 100 degrees.
+    fn circle_points() -> Vec<f32> {
+        [0f32, 10.0, 25.0, 90.0, 100.0]
             .iter()
             .flat_map(|a| {
                 let r = a.to_radians();
                 [r.cos(), r.sin()]
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn nearest_rows_come_first_and_never_the_row_itself() {
+        let rows = circle_points();
         let nb = Neighbours::of_rows(&rows, 2, 2).unwrap();
         assert_eq!(nb.of(0), &[1, 2]);
         assert_eq!(nb.of(1), &[0, 2]);
@@ -285,14 +300,7 @@ mod tests {
 
     #[test]
     fn excluded_neighbours_are_skipped_and_the_next_ones_take_their_place() {
-        // Points on the unit circle at angles 0, 10, 25, 90, 100 degrees.
-        let rows: Vec<f32> = [0f32, 10.0, 25.0, 90.0, 100.0]
-            .iter()
-            .flat_map(|a| {
-                let r = a.to_radians();
-                [r.cos(), r.sin()]
-            })
-            .collect();
+        let rows = circle_points();
         let search = Neighbours::of_rows(&rows, 2, 3).unwrap();
         // Row 0's nearest are 1, 2, 3; excluding 1 leaves 2 and 3. Row 3's are 4, 2, 1;
         // excluding 0 (not among them) keeps 4 and 2.
