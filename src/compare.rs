@@ -295,7 +295,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     } else {
                         let positives: Vec<(&str, usize)> = [
                             ("align", job.train.neighbour_align_window),
-                            ("skip", job.train.neighbour_skip_raw_nearest),
+                            ("skip", job.train.neighbour_skip_raw_nearest()),
                         ]
                         .into_iter()
                         .filter(|&(_, v)| v > 0)
@@ -328,7 +328,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         config.whitening_kernel = Some(0);
                         config.neighbour_positives = Some(0);
                         config.neighbour_align_window = 0;
-                        config.neighbour_skip_raw_nearest = 0;
+                        config.neighbour_skip_raw_nearest = Some(0);
                     }
                     let train = TrainJob {
                         target: job.target.clone(),

@@ -40,6 +40,9 @@ pub enum BankInit {
 pub const DEFAULT_WHITENING_KERNEL: usize = 9;
 /// cIDFD's neighbour positives when `neighbour_positives` is unset.
 pub const DEFAULT_NEIGHBOUR_POSITIVES: usize = 10;
+/// Raw-pixel nearest images skipped as neighbour positives when `neighbour_skip_raw_nearest`
+/// is unset and there are neighbour positives.
+pub const DEFAULT_NEIGHBOUR_SKIP_RAW_NEAREST: usize = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -102,8 +105,9 @@ pub struct TrainConfig {
     /// Never pair an image with any of its this many nearest images in the raw pixels (PCA to
     /// `neighbour_components`, cosine): where the background dominates the pixels, those are
     /// mostly images on overlapping crops of one background, which share the background more
-    /// often than the object (0: off).
-    pub neighbour_skip_raw_nearest: usize,
+    /// often than the object (0: off; unset: 3 wherever there are neighbour positives, see
+    /// [`TrainConfig::neighbour_skip_raw_nearest`]).
+    pub neighbour_skip_raw_nearest: Option<usize>,
     /// One softmax over a joint bank of target and reference rows (reference rows have a zero
     /// salient part) instead of separate banks.
     pub joint_bank: bool,
@@ -160,7 +164,7 @@ impl Default for TrainConfig {
             neighbour_components: 64,
             neighbour_refresh_every: 0,
             neighbour_align_window: 0,
-            neighbour_skip_raw_nearest: 0,
+            neighbour_skip_raw_nearest: None,
             joint_bank: false,
             fd_background: false,
             bank_momentum: 0.5,
@@ -215,6 +219,17 @@ impl TrainConfig {
         })
     }
 
+    /// How many of each image's nearest raw-pixel images are never its neighbour positives:
+    /// as set, else 3 where there are neighbour positives and 0 where there are none.
+    pub fn neighbour_skip_raw_nearest(&self) -> usize {
+        self.neighbour_skip_raw_nearest
+            .unwrap_or(if self.neighbour_positives() > 0 {
+                DEFAULT_NEIGHBOUR_SKIP_RAW_NEAREST
+            } else {
+                0
+            })
+    }
+
     /// The encoders' first-stage width: as set, else the architecture's default.
     pub fn width(&self) -> usize {
         self.width.unwrap_or(self.architecture.default_width())
@@ -226,6 +241,7 @@ impl TrainConfig {
             width: Some(self.width()),
             whitening_kernel: Some(self.whitening_kernel()),
             neighbour_positives: Some(self.neighbour_positives()),
+            neighbour_skip_raw_nearest: Some(self.neighbour_skip_raw_nearest()),
             ..self.clone()
         }
     }
@@ -272,7 +288,7 @@ impl TrainConfig {
                 "neighbour_align_window aligns the neighbour search: set neighbour_positives > 0",
             );
         }
-        if self.neighbour_skip_raw_nearest > 0 && self.neighbour_positives() == 0 {
+        if self.neighbour_skip_raw_nearest() > 0 && self.neighbour_positives() == 0 {
             return bad(
                 "neighbour_skip_raw_nearest filters the neighbour positives: set neighbour_positives > 0",
             );
@@ -424,7 +440,7 @@ mod tests {
     #[test]
     fn skipping_raw_nearest_needs_neighbour_positives() {
         let skip = TrainConfig {
-            neighbour_skip_raw_nearest: 3,
+            neighbour_skip_raw_nearest: Some(3),
             ..Default::default()
         };
         skip.validate().unwrap();
@@ -442,6 +458,17 @@ mod tests {
         cidfd.validate().unwrap();
         assert_eq!(cidfd.whitening_kernel(), DEFAULT_WHITENING_KERNEL);
         assert_eq!(cidfd.neighbour_positives(), DEFAULT_NEIGHBOUR_POSITIVES);
+        assert_eq!(
+            cidfd.neighbour_skip_raw_nearest(),
+            DEFAULT_NEIGHBOUR_SKIP_RAW_NEAREST
+        );
+        // Without neighbour positives there is nothing to skip, and that is no error.
+        let no_neighbours = TrainConfig {
+            neighbour_positives: Some(0),
+            ..Default::default()
+        };
+        no_neighbours.validate().unwrap();
+        assert_eq!(no_neighbours.neighbour_skip_raw_nearest(), 0);
         let idfd = TrainConfig {
             method: Method::Idfd,
             ..Default::default()
@@ -455,6 +482,7 @@ mod tests {
         let resolved = idfd.resolved();
         assert_eq!(resolved.whitening_kernel, Some(0));
         assert_eq!(resolved.neighbour_positives, Some(0));
+        assert_eq!(resolved.neighbour_skip_raw_nearest, Some(0));
         assert_eq!(resolved.width, Some(16));
         // An explicit 0 turns cIDFD's off; TOML reads the same.
         let off: TrainConfig = toml::from_str("whitening_kernel = 0").unwrap();

@@ -390,6 +390,7 @@ mod tests {
             width: Some(unset.width()),
             whitening_kernel: Some(unset.whitening_kernel()),
             neighbour_positives: Some(unset.neighbour_positives()),
+            neighbour_skip_raw_nearest: Some(unset.neighbour_skip_raw_nearest()),
             ..TrainConfig::default()
         };
         assert_eq!(

@@ -95,7 +95,7 @@ fn aligned_neighbours_name_their_cidfd_row_and_idfd_ignores_them() {
     );
     both.train = TrainConfig {
         neighbour_align_window: 20,
-        neighbour_skip_raw_nearest: 2,
+        neighbour_skip_raw_nearest: Some(2),
         ..common::tiny_config()
     };
     let rows = compare::run(&both).unwrap();

@@ -165,7 +165,7 @@ fn skipped_raw_neighbours_must_leave_room_for_the_positives() {
         dir.path(),
         &data,
         TrainConfig {
-            neighbour_skip_raw_nearest: 54,
+            neighbour_skip_raw_nearest: Some(54),
             ..small_config(1)
         },
         false,
@@ -181,7 +181,7 @@ fn skipped_raw_neighbours_must_leave_room_for_the_positives() {
         dir.path(),
         &data,
         TrainConfig {
-            neighbour_skip_raw_nearest: 3,
+            neighbour_skip_raw_nearest: Some(3),
             ..small_config(1)
         },
         false,

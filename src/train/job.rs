@@ -60,7 +60,7 @@ fn fingerprints(spec: &str) -> Result<Vec<FileFingerprint>> {
 
 pub fn run(job: &TrainJob) -> Result<TrainReport> {
     // The manifest records every setting as used, method defaults included.
-    let config = &job.config.resolved();
+    let mut config = job.config.resolved();
     config.validate()?;
     let started = Instant::now();
     let options = ReaderOptions {
@@ -71,6 +71,15 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     tracing::info!(target = %job.target, %shape, "reading the target table");
     // Labels are loaded for evaluation only; the training step never sees them.
     let target = ImageSet::load(&job.target, shape, LabelRequirement::Optional, job.size)?;
+    if job.config.neighbour_skip_raw_nearest.is_none() {
+        // The default skip gives way on a table too small to skip and keep the positives (a
+        // skip that was asked for is refused there, below).
+        let room = target
+            .len()
+            .saturating_sub(config.neighbour_positives() + 1);
+        config.neighbour_skip_raw_nearest = Some(config.neighbour_skip_raw_nearest().min(room));
+    }
+    let config = &config;
     // IDFD reads the reference set only for the reference-overlay augmentation.
     let wants_reference = config.uses_reference() || config.augment.overlay_p > 0.0;
     let reference = match (&job.reference, config.uses_reference()) {
@@ -149,7 +158,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         if config.neighbour_positives() > 0 {
             use super::neighbours::Neighbours;
             // Search as many more as will be skipped, so that `neighbour_positives` remain.
-            let skip = config.neighbour_skip_raw_nearest;
+            let skip = config.neighbour_skip_raw_nearest();
             let search = config.neighbour_positives() + skip;
             if skip > 0 && search >= target.len() {
                 return Err(Error::Invalid(format!(
