@@ -283,15 +283,22 @@ impl TrainConfig {
         if self.neighbour_positives() > 0 && self.two_view_weight <= 0.0 {
             return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
         }
-        if self.neighbour_align_window > 0 && self.neighbour_positives() == 0 {
-            return bad(
-                "neighbour_align_window aligns the neighbour search: set neighbour_positives > 0",
-            );
-        }
-        if self.neighbour_skip_raw_nearest() > 0 && self.neighbour_positives() == 0 {
-            return bad(
-                "neighbour_skip_raw_nearest filters the neighbour positives: set neighbour_positives > 0",
-            );
+        // Settings that shape the neighbour positives mean nothing without them.
+        for (name, value, what) in [
+            (
+                "neighbour_align_window",
+                self.neighbour_align_window,
+                "aligns the neighbour search",
+            ),
+            (
+                "neighbour_skip_raw_nearest",
+                self.neighbour_skip_raw_nearest(),
+                "filters the neighbour positives",
+            ),
+        ] {
+            if value > 0 && self.neighbour_positives() == 0 {
+                return bad(&format!("{name} {what}: set neighbour_positives > 0"));
+            }
         }
         if self.neighbour_positives() > 0 && self.neighbour_components == 0 {
             return bad("neighbour_components must be positive");
@@ -423,33 +430,27 @@ mod tests {
     }
 
     #[test]
-    fn aligned_neighbours_need_neighbour_positives() {
+    fn settings_that_shape_the_neighbours_need_neighbour_positives() {
         let aligned = TrainConfig {
             neighbour_align_window: 28,
             ..Default::default()
         };
-        aligned.validate().unwrap();
-        let without = TrainConfig {
-            neighbour_positives: Some(0),
-            ..aligned
-        };
-        let err = without.validate().unwrap_err().to_string();
-        assert!(err.contains("neighbour_align_window"), "{err}");
-    }
-
-    #[test]
-    fn skipping_raw_nearest_needs_neighbour_positives() {
         let skip = TrainConfig {
             neighbour_skip_raw_nearest: Some(3),
             ..Default::default()
         };
-        skip.validate().unwrap();
-        let without = TrainConfig {
-            neighbour_positives: Some(0),
-            ..skip
-        };
-        let err = without.validate().unwrap_err().to_string();
-        assert!(err.contains("neighbour_skip_raw_nearest"), "{err}");
+        for (config, name) in [
+            (aligned, "neighbour_align_window"),
+            (skip, "neighbour_skip_raw_nearest"),
+        ] {
+            config.validate().unwrap();
+            let without = TrainConfig {
+                neighbour_positives: Some(0),
+                ..config
+            };
+            let err = without.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]
