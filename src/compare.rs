@@ -66,6 +66,8 @@ pub struct CompareJob {
     /// Where the trained models go (one directory per method and seed).
     pub work_dir: PathBuf,
     pub size: SizePolicy,
+    /// Where IDFD and cIDFD train (the linear methods and k-means run on the CPU).
+    pub device: candle_core::Device,
 }
 
 /// Mean and standard deviation over seeds, in the shape of `evaluate`'s JSON plus `*_std`.
@@ -337,7 +339,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         config,
                         resume: false,
                         size: job.size,
-                        device: candle_core::Device::Cpu,
+                        device: job.device.clone(),
                     };
                     tracing::info!(method = %method_name, seed, "training");
                     let report = job::run(&train)?;

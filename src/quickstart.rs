@@ -51,6 +51,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         train: config.clone(),
         work_dir: out.join("compare"),
         size: SizePolicy::Exact,
+        device: candle_core::Device::Cpu,
     })?;
     for line in compare::format_table(&baselines).lines() {
         println!("    {line}");

@@ -24,6 +24,7 @@ fn job(
         train: TrainConfig::default(),
         work_dir: dir.join("compare"),
         size: SizePolicy::Exact,
+        device: candle_core::Device::Cpu,
     }
 }
 

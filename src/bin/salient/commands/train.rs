@@ -154,6 +154,13 @@ pub(crate) struct CompareArgs {
     work_dir: PathBuf,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Where IDFD and cIDFD train: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda`
+    /// feature (the other methods run on the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// On CUDA, let FP32 matrix products use TF32 tensor cores.
+    #[arg(long)]
+    tf32: bool,
 }
 
 impl CompareArgs {
@@ -177,7 +184,9 @@ impl CompareArgs {
             train,
             work_dir: self.work_dir,
             size: SizePolicy::Exact,
+            device: salient::device::open(&self.device)?,
         };
+        candle_core::cuda::set_gemm_reduced_precision_f32(self.tf32);
         let rows = compare::run(&job).context("comparison failed")?;
         match self.format {
             Format::Json => println!(
