@@ -47,6 +47,10 @@ struct Args {
     /// convolutions do by default).
     #[arg(long)]
     tf32: bool,
+    /// Time each phase of the training step (the device is synchronised between phases) and
+    /// print the mean per step over the timed epochs.
+    #[arg(long)]
+    phases: bool,
     /// Skip the PyTorch run.
     #[arg(long)]
     no_torch: bool,
@@ -56,6 +60,32 @@ struct Args {
     /// Extra arguments for python_train.py (e.g. `--no-tf32`).
     #[arg(long, allow_hyphen_values = true)]
     torch_args: Vec<String>,
+}
+
+/// Mean milliseconds per step of each phase over the profiled epochs, and its share of the
+/// step.
+fn print_phases(epochs: &[salient::train::StepPhases]) {
+    let steps: usize = epochs.iter().map(|p| p.steps).sum();
+    if steps == 0 {
+        return;
+    }
+    let mut totals: Vec<(&str, f64)> = Vec::new();
+    for (phase, seconds) in epochs.iter().flat_map(|p| p.seconds.iter()) {
+        match totals.iter_mut().find(|(p, _)| p == phase) {
+            Some((_, t)) => *t += seconds,
+            None => totals.push((phase, *seconds)),
+        }
+    }
+    let step: f64 = totals.iter().map(|(_, t)| t).sum();
+    println!("step phases (synchronised after each; mean of {steps} steps):");
+    for (phase, total) in &totals {
+        println!(
+            "  {phase:<40} {:>8.2} ms  {:>5.1} %",
+            1e3 * total / steps as f64,
+            100.0 * total / step
+        );
+    }
+    println!("  {:<40} {:>8.2} ms", "step", 1e3 * step / steps as f64);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -117,10 +147,13 @@ fn main() -> anyhow::Result<()> {
     // seconds apart, and the report gives the median round.
     let mut rounds = Vec::new();
     let mut torch_info = None;
+    let mut phase_totals: Vec<salient::train::StepPhases> = Vec::new();
     for round in 0..args.rounds.max(1) {
         let mut rates = Vec::new();
         let first = if round == 0 { 0 } else { 1 };
         for epoch in first..=args.repeats {
+            // The warm-up epoch is not profiled.
+            trainer.profile_phases(args.phases && epoch > 0);
             let stats = trainer.train_epoch(&t, Some(&r), |step, _, s| {
                 losses.push((round * (args.repeats + 1) + epoch, step, s.loss));
             })?;
@@ -130,6 +163,9 @@ fn main() -> anyhow::Result<()> {
             );
             if epoch > 0 {
                 rates.push(stats.images_per_second);
+            }
+            if let Some(p) = trainer.take_phases() {
+                phase_totals.push(p);
             }
         }
         let salient = median(rates);
@@ -194,6 +230,7 @@ fn main() -> anyhow::Result<()> {
     );
     let salient = median(rounds.iter().map(|r| r.0).collect());
     println!("{label:<44} {salient:>8.0} img/s");
+    print_phases(&phase_totals);
     let Some(python) = torch_info else {
         return Ok(());
     };

@@ -47,6 +47,47 @@ pub struct EpochStats {
     pub images_per_second: f64,
 }
 
+/// Where a training step's time goes, phase by phase (`Trainer::profile_phases`). Each
+/// phase ends with a device synchronisation, so on a GPU the figures are wall time including
+/// the phase's kernels, and the synchronisations themselves slow the step down a little.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepPhases {
+    /// (phase, total seconds over the profiled steps), in the order the step runs them.
+    pub seconds: Vec<(&'static str, f64)>,
+    pub steps: usize,
+    #[serde(skip)]
+    mark: Option<Instant>,
+}
+
+impl StepPhases {
+    fn start(&mut self, device: &Device) -> Result<()> {
+        device.synchronize()?;
+        self.mark = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Ends `phase`: waits for the device, then adds the time since the last mark.
+    fn end(&mut self, phase: &'static str, device: &Device) -> Result<()> {
+        device.synchronize()?;
+        let now = Instant::now();
+        let took = self.mark.map_or(0.0, |m| (now - m).as_secs_f64());
+        self.mark = Some(now);
+        match self.seconds.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, total)) => *total += took,
+            None => self.seconds.push((phase, took)),
+        }
+        Ok(())
+    }
+}
+
+/// Ends a phase when the step is being profiled.
+fn end_phase(phases: &mut Option<StepPhases>, phase: &'static str, device: &Device) -> Result<()> {
+    match phases {
+        Some(p) => p.end(phase, device),
+        None => Ok(()),
+    }
+}
+
 /// The trainable state: encoders, banks and optimiser.
 pub struct Trainer {
     pub config: TrainConfig,
@@ -63,6 +104,8 @@ pub struct Trainer {
     /// Positives for the two-view contrast drawn from each image's neighbours (knob
     /// `neighbour_positives`); `None`: the second view is of the image itself.
     neighbours: Option<neighbours::Neighbours>,
+    /// Per-phase step times, when profiling (`profile_phases`).
+    phases: Option<StepPhases>,
     /// Epochs completed.
     pub epoch: usize,
 }
@@ -155,6 +198,7 @@ impl Trainer {
             bank_zb,
             optim,
             neighbours: None,
+            phases: None,
             epoch: 0,
         })
     }
@@ -166,6 +210,22 @@ impl Trainer {
         if let Some(background) = &mut self.background {
             background.set_kernels(kernels);
         }
+    }
+
+    /// Starts (or stops, with `false`) timing each phase of every training step; the figures
+    /// so far are returned by [`Trainer::take_phases`]. Profiling synchronises the device
+    /// between phases, so it is for benchmarks, not for training runs.
+    pub fn profile_phases(&mut self, on: bool) {
+        self.phases = on.then(StepPhases::default);
+    }
+
+    /// The phase times gathered since profiling started or since the last call.
+    pub fn take_phases(&mut self) -> Option<StepPhases> {
+        let taken = self.phases.take();
+        if taken.is_some() {
+            self.phases = Some(StepPhases::default());
+        }
+        taken
     }
 
     /// Makes the two-view contrast pair each image with a view of one of its neighbours.
@@ -337,6 +397,27 @@ impl Trainer {
         ref_idx: &[usize],
         stream: u64,
     ) -> Result<StepStats> {
+        let mut phases = self.phases.take();
+        if let Some(p) = phases.as_mut() {
+            p.start(&self.device)?;
+        }
+        let stats = self.step_phases(target, reference, idx, ref_idx, stream, &mut phases);
+        if let Some(mut p) = phases {
+            p.steps += 1;
+            self.phases = Some(p);
+        }
+        stats
+    }
+
+    fn step_phases(
+        &mut self,
+        target: &ImageSet,
+        reference: Option<&ImageSet>,
+        idx: &[usize],
+        ref_idx: &[usize],
+        stream: u64,
+        phases: &mut Option<StepPhases>,
+    ) -> Result<StepStats> {
         let cfg = &self.config;
         let device = &self.device;
         let images: Vec<&[u8]> = idx.iter().map(|&i| target.image(i)).collect();
@@ -377,6 +458,7 @@ impl Trainer {
             }
             _ => None,
         };
+        end_phase(phases, "batches (augment, upload)", device)?;
         let b = idx.len();
         // With β, g_s sees target and reference images in one batch: one pass, and batch
         // statistics shared by the two sets, so a constant s(b) does not force a constant s(x).
@@ -397,6 +479,7 @@ impl Trainer {
             }
             _ => (self.salient.forward_t(&xt, true)?, None),
         };
+        end_phase(phases, "salient forward", device)?;
         let mut logit_t = self.bank_s.similarities(&s)?;
         let mut fd = loss::feature_decorrelation(&s, cfg.tau2)?;
         // Auxiliary two-view contrast: a second, independently augmented view of the batch.
@@ -426,12 +509,14 @@ impl Trainer {
         } else {
             None
         };
+        end_phase(phases, "second view (augment, forward)", device)?;
 
         let mut background_parts = None;
         let mut terms = LossTerms::default();
         if let (Some(g_z), Some((xb, ref_targets))) = (&self.background, reference_batch) {
             // One pass of g_z over the target and reference batches.
             let z = g_z.forward_t(&Tensor::cat(&[&xt, &xb], 0)?, true)?;
+            end_phase(phases, "background forward", device)?;
             let zx = z.narrow(0, 0, b)?;
             let zb = z.narrow(0, b, z.dim(0)? - b)?;
             let (bank_zt, bank_zb) = (self.bank_zt.as_ref(), self.bank_zb.as_ref());
@@ -485,8 +570,11 @@ impl Trainer {
         terms.two_view = two_view;
         let total = terms.total(cfg)?;
         let stats = terms.stats(&total)?;
+        end_phase(phases, "losses (bank products, reading them)", device)?;
         let grads = total.backward()?;
+        end_phase(phases, "backward", device)?;
         self.optim.step(&grads)?;
+        end_phase(phases, "optimiser", device)?;
 
         // Banks are updated after the step, with the features the logits were computed from.
         self.bank_s.update(&targets, &s)?;
@@ -498,6 +586,7 @@ impl Trainer {
                 bank.update(&ref_targets, &zb)?;
             }
         }
+        end_phase(phases, "memory banks", device)?;
         Ok(stats)
     }
 }

@@ -66,3 +66,57 @@ fn neighbours_are_found_again_in_the_salient_bank() {
     assert_eq!(got, want);
     assert_eq!(got.k(), 2);
 }
+
+#[test]
+fn profiled_steps_time_every_phase_and_train_the_same() {
+    let shape = ImageShape::new(1, 12, 12);
+    let n = 8;
+    let set = ImageSet {
+        shape,
+        ids: (0..n as i64).collect(),
+        labels: vec![None; n],
+        pixels: (0..n * shape.len()).map(|i| (i * 11 % 251) as u8).collect(),
+    };
+    let config = TrainConfig {
+        batch_size: 4,
+        dim_salient: 8,
+        dim_background: 8,
+        width: Some(4),
+        two_view_weight: 1.0,
+        ..Default::default()
+    };
+    let norm = Normalization::fit(&set.pixels, shape);
+    let new = || Trainer::new(config.clone(), shape, norm.clone(), n, n, Device::Cpu).unwrap();
+    let (mut plain, mut profiled) = (new(), new());
+    assert!(
+        profiled.take_phases().is_none(),
+        "profiling is off by default"
+    );
+    profiled.profile_phases(true);
+    let a = plain.train_epoch(&set, Some(&set), |_, _, _| {}).unwrap();
+    let b = profiled
+        .train_epoch(&set, Some(&set), |_, _, _| {})
+        .unwrap();
+    // Synchronising between phases changes nothing in the arithmetic.
+    assert_eq!(a.losses.loss, b.losses.loss);
+    let phases = profiled.take_phases().unwrap();
+    assert_eq!(phases.steps, 2);
+    let names: Vec<&str> = phases.seconds.iter().map(|(p, _)| *p).collect();
+    for want in [
+        "batches (augment, upload)",
+        "salient forward",
+        "second view (augment, forward)",
+        "background forward",
+        "losses (bank products, reading them)",
+        "backward",
+        "optimiser",
+        "memory banks",
+    ] {
+        assert!(names.contains(&want), "no phase {want:?} in {names:?}");
+    }
+    assert!(phases.seconds.iter().all(|(_, s)| *s >= 0.0));
+    // Taking the figures starts a new count.
+    assert_eq!(profiled.take_phases().unwrap().steps, 0);
+    profiled.profile_phases(false);
+    assert!(profiled.take_phases().is_none());
+}
