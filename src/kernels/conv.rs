@@ -5,11 +5,12 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul_into, matmul_vec};
-use super::im2col::{col2im_add_images, im2col_images, Im2Col};
+use super::im2col::{col2im_add_images, im2col_images, Col2Im, Im2Col};
 use super::simd::Simd;
 use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
 
@@ -355,11 +356,129 @@ impl CustomOp3 for ConvRowsCpuBackward {
     }
 }
 
+/// im2col and the matrix product with the (K·K·C_in, C_out) weight as one autograd node, for
+/// the devices that have im2col kernels (CUDA; the CPU runs it too, for the tests). Candle's
+/// autograd gives each node's inputs a zero-filled gradient buffer that the node's gradient is
+/// added to: with im2col and the product as two nodes that buffer has the im2col matrix's size
+/// (K·K times the activations'), and on an H200 filling and adding it took about an eighth of
+/// a ResNet-18 step (docs/gpu.md). The backward recomputes the columns rather than keeping
+/// them from the forward pass, then computes dW = colsᵀ·dY and dX = col2im(dY·Wᵀ) directly.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Im2ColProduct {
+    pub(super) geometry: ConvGeometry,
+}
+
+impl Im2ColProduct {
+    /// (B·OH·OW, C_out) rows from `x` (B, H, W, C_in, contiguous) and `wt`, with `im2col`
+    /// building the columns on the storages' device.
+    fn forward<S: BackendStorage>(
+        &self,
+        (x, xl): (&S, &Layout),
+        (wt, wl): (&S, &Layout),
+        im2col: impl FnOnce(&S, &Layout) -> Result<(S, Shape)>,
+    ) -> Result<(S, Shape)> {
+        let (b, h, w, c) = dims4(xl, self.name())?;
+        let (k, cout) = wl.shape().dims2()?;
+        let g = self.geometry;
+        if k != g.kernel * g.kernel * c {
+            candle_core::bail!(
+                "{}: weight of {k} rows does not fit kernel {} over {c} channels",
+                self.name(),
+                g.kernel
+            );
+        }
+        if !xl.is_contiguous() {
+            candle_core::bail!("{}: input must be contiguous", self.name());
+        }
+        let m = b * g.output_size(h) * g.output_size(w);
+        let out = if g.is_pointwise() {
+            // A 1×1, stride-1 convolution's im2col matrix is the input itself.
+            let rows = Layout::contiguous_with_offset((m, k), xl.start_offset());
+            x.matmul(wt, (1, m, cout, k), &rows, wl)?
+        } else {
+            let (cols, _) = im2col(x, xl)?;
+            cols.matmul(wt, (1, m, cout, k), &Layout::contiguous((m, k)), wl)?
+        };
+        Ok((out, Shape::from((m, cout))))
+    }
+}
+
+impl CustomOp2 for Im2ColProduct {
+    fn name(&self) -> &'static str {
+        "im2col-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let im2col = Im2Col {
+            geometry: self.geometry,
+        };
+        self.forward((s1, l1), (s2, l2), |s, l| im2col.cpu_fwd(s, l))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let im2col = Im2Col {
+            geometry: self.geometry,
+        };
+        self.forward((s1, l1), (s2, l2), |s, l| im2col.cuda_fwd(s, l))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let need_dx = x.track_op();
+        // Nothing here needs differentiating again: detached, no graph is built.
+        let (x, wt, dy) = (x.detach(), wt.detach(), grad.detach().contiguous()?);
+        let (b, h, w, c) = x.dims4()?;
+        let g = self.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let k = g.kernel * g.kernel * c;
+        let cols = if g.is_pointwise() {
+            x.contiguous()?.reshape((b * h * w, c))?
+        } else {
+            x.contiguous()?
+                .apply_op1_no_bwd(&Im2Col { geometry: g })?
+                .reshape((b * oh * ow, k))?
+        };
+        let dwt = cols.t()?.matmul(&dy)?;
+        drop(cols);
+        let dx = if need_dx {
+            let dcols = dy.matmul(&wt.t()?)?;
+            Some(if g.is_pointwise() {
+                dcols.reshape((b, h, w, c))?
+            } else {
+                dcols
+                    .reshape((b, oh, ow, k))?
+                    .apply_op1_no_bwd(&Col2Im::new(g, h, w))?
+            })
+        } else {
+            None
+        };
+        Ok((dx, Some(dwt)))
+    }
+}
+
 /// Convolution of a channels-last batch `x` (B, H, W, C_in) with `weight` (C_out, C_in, K, K),
 /// returning (B·OH·OW, C_out) rows and the output's (B, OH, OW): callers apply per-channel
 /// operations (batch norm, ReLU) on the rows before reshaping to (B, OH, OW, C_out).
-/// On the CPU the convolution is one fused op ([`ConvRowsCpu`]); elsewhere it is the im2col
-/// kernel followed by candle's matmul.
+/// On the CPU the convolution is one fused op ([`ConvRowsCpu`]); elsewhere im2col and the
+/// product are one node ([`Im2ColProduct`]).
 pub fn conv2d_nhwc_rows(
     x: &Tensor,
     weight: &Tensor,
@@ -376,11 +495,24 @@ pub fn conv2d_nhwc_rows(
             )
         })
     } else {
-        conv2d_nhwc_rows_im2col_op(x, weight, geometry)
+        conv2d_nhwc_rows_one_node(x, weight, geometry)
     }
 }
 
-/// The im2col kernel ([`Im2Col`], CUDA or CPU) followed by candle's matmul: two autograd nodes.
+/// im2col and the product as one node ([`Im2ColProduct`]).
+pub(super) fn conv2d_nhwc_rows_one_node(
+    x: &Tensor,
+    weight: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    conv_rows(x, weight, geometry, |x, wt, geometry| {
+        x.contiguous()?.apply_op2(wt, Im2ColProduct { geometry })
+    })
+}
+
+/// The im2col kernel ([`Im2Col`], CUDA or CPU) followed by candle's matmul: two autograd nodes
+/// (the tests check [`Im2ColProduct`]'s single node against it).
+#[cfg(test)]
 pub(super) fn conv2d_nhwc_rows_im2col_op(
     x: &Tensor,
     weight: &Tensor,

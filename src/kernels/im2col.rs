@@ -25,6 +25,17 @@ pub(super) struct Col2Im {
     width: usize,
 }
 
+impl Col2Im {
+    /// col2im onto images of `height` × `width`.
+    pub(super) fn new(geometry: ConvGeometry, height: usize, width: usize) -> Self {
+        Self {
+            geometry,
+            height,
+            width,
+        }
+    }
+}
+
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col-nhwc"
@@ -57,11 +68,9 @@ impl CustomOp1 for Im2Col {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, h, w, _) = arg.dims4()?;
-        let grad = grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im {
-            geometry: self.geometry,
-            height: h,
-            width: w,
-        })?;
+        let grad = grad_res
+            .contiguous()?
+            .apply_op1_no_bwd(&Col2Im::new(self.geometry, h, w))?;
         Ok(Some(grad))
     }
 }

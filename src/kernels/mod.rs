@@ -155,7 +155,7 @@ pub(super) unsafe fn assume_init_mut(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 #[cfg(test)]
 mod tests {
-    use super::conv::conv2d_nhwc_rows_im2col_op;
+    use super::conv::{conv2d_nhwc_rows_im2col_op, conv2d_nhwc_rows_one_node};
     use super::*;
     use candle_core::Tensor;
     use candle_core::{Device, Var, D};
@@ -512,14 +512,16 @@ mod tests {
         }
     }
 
-    /// Both NHWC convolutions (the fused CPU kernels and the portable composition of candle
-    /// ops) and their gradients equal candle's own NCHW conv2d, odd sizes and strides included.
+    /// Every NHWC convolution (the fused CPU kernels, im2col and the product as two nodes or
+    /// as one, and the portable composition of candle ops) and its gradients equal candle's
+    /// own NCHW conv2d, odd sizes and strides included.
     #[test]
     fn matches_candle_conv2d_forward_and_backward() {
         type ConvFn = fn(&Tensor, &Tensor, ConvGeometry) -> Result<(Tensor, (usize, usize, usize))>;
-        let implementations: [(&str, ConvFn); 3] = [
+        let implementations: [(&str, ConvFn); 4] = [
             ("fused", conv2d_nhwc_rows),
             ("im2col op + matmul", conv2d_nhwc_rows_im2col_op),
+            ("im2col and product as one node", conv2d_nhwc_rows_one_node),
             ("portable", conv2d_nhwc_rows_portable),
         ];
         for (stride, padding, kernel, h) in [
