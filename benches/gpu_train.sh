@@ -1,46 +1,31 @@
 #!/usr/bin/env bash
-# The GPU check of issue 8, as one script for a lent GPU machine (which has the NVIDIA driver,
-# PyTorch and its CUDA libraries, but no package registry). Build the binaries on a development
-# machine first (docs/gpu.md), then put into a folder DIR:
-#   DIR/bin.tar.xz   salient and bench_train (`cargo bench --no-run`), `--features cudnn` release builds, stripped,
-#                    in one tar compressed with `xz --lzma2=preset=6,dict=512MiB` (the two share
-#                    most of their bytes, candle's kernels, so one wide window stores them once)
-#   DIR/target.parquet, DIR/reference.parquet, DIR/target512.parquet, DIR/reference512.parquet
-# and run `bash benches/gpu_train.sh DIR OUTDIR`. It prints the device, the training speed of
-# salient against PyTorch, the loss agreement with the CPU, and a `salient train --device cuda`
-# run; logs land in OUTDIR. SECTIONS (default: all of "speed portable agree cli tf32 candle
-# small") picks parts.
-# DIR/steps_cpu.csv is the CPU's loss log for the agreement check, computed beforehand on any
-# machine with the same binary: bench_train DIR/target512.parquet DIR/reference512.parquet 512 3
-# --architecture resnet18 --no-torch --loss-log steps_cpu.csv (without it, only the CUDA logs
-# are written, to compare later).
+# The GPU speed and agreement check (issue 24), as one script for a lent GPU machine (which has
+# the NVIDIA driver, PyTorch and its CUDA libraries, but no package registry). Build the
+# binaries on a development machine first and put them into DIR/bin.tar.xz (docs/gpu.md: salient
+# and bench_train, `--features cudnn` release builds, stripped, in one tar compressed with
+# `xz --lzma2=preset=6,dict=512MiB`; the two share most of their bytes, candle's kernels, so one
+# wide window stores them once), then run `bash benches/gpu_train.sh DIR OUTDIR`. The data is
+# built there from the bundled MNIST (mnist-grass, and mnist-grass-01 for the `salient train`
+# run). It prints the device, the training speed of salient against PyTorch, the loss agreement
+# with the CPU, and a `salient train --device cuda` run; logs land in OUTDIR. SECTIONS
+# (default: all of "speed portable agree cli tf32 candle small") picks parts.
+# The agreement check compares 16 ResNet-18 steps (512 + 512 images, 4 epochs) on CUDA with the
+# same steps on the CPU: DIR/steps_cpu.csv if present (bench_train T R 512 3 --architecture
+# resnet18 --no-torch --loss-log steps_cpu.csv, with the same binary on any machine), else
+# computed there on the CPU first.
 set -u
 sections=" ${SECTIONS:-speed portable agree cli tf32 candle small} "
 on() { [[ "$sections" == *" $1 "* ]]; }
 dir=${1:?usage: gpu_train.sh DIR OUTDIR}
 out=${2:?usage: gpu_train.sh DIR OUTDIR}
-mkdir -p "$out" /tmp/salient-gpu
-bin=/tmp/salient-gpu
-python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
-  "$dir/bin.tar.xz" | tar -C "$bin" -xf - || exit 1
+mkdir -p "$out"
+source "$(dirname "$0")/gpu_env.sh"
 
-# The CUDA libraries the binaries link (cuBLAS, cuRAND, NVRTC, cudart, cuDNN) come from
-# PyTorch's wheels here; the driver (libcuda.so.1) from the system.
-libs=$(python3 - <<'PY'
-import os, site
-dirs = set()
-for root in site.getsitepackages():
-    for dirpath, _, files in os.walk(os.path.join(root, "nvidia")):
-        if any(f.endswith(".so") or ".so." in f for f in files):
-            dirs.add(dirpath)
-print(":".join(sorted(dirs)))
-PY
-)
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-echo "missing libraries:"; ldd "$bin/salient" | grep "not found" || echo "  none"
-
-t="$dir/target.parquet"; r="$dir/reference.parquet"
+data=/tmp/salient-gpu-data
+for name in mnist-grass mnist-grass-01; do
+  "$bin/salient" datasets build "$name" --out "$data" --seed 0 >/dev/null || exit 1
+done
+t="$data/mnist-grass/target.parquet"; r="$data/mnist-grass/reference.parquet"
 bench() { timeout 150 "$bin/bench_train" "$t" "$r" 4096 3 --device cuda --architecture resnet18 --no-torch "$@" 2>&1 | tail -1; }
 torch() { timeout 120 python3 benches/python_train.py "$t" "$r" 4096 3 16 --architecture resnet18 --device cuda "$@"; }
 if on speed; then
@@ -51,9 +36,14 @@ if on speed; then
 fi
 if on agree; then
   echo "== loss agreement: ResNet-18, 512 + 512 images, 4 epochs (16 steps), CPU against CUDA"
-  [ -f "$dir/steps_cpu.csv" ] && cp "$dir/steps_cpu.csv" "$out/steps_cpu.csv"
+  if [ -f "$dir/steps_cpu.csv" ]; then
+    cp "$dir/steps_cpu.csv" "$out/steps_cpu.csv"
+  else
+    timeout 240 "$bin/bench_train" "$t" "$r" 512 3 --device cpu --architecture resnet18 --no-torch \
+      --loss-log "$out/steps_cpu.csv" 2>&1 | tail -1
+  fi
   for k in fused portable; do
-    timeout 120 "$bin/bench_train" "$dir/target512.parquet" "$dir/reference512.parquet" 512 3 \
+    timeout 120 "$bin/bench_train" "$t" "$r" 512 3 \
       --device cuda --kernels $k --architecture resnet18 --no-torch --loss-log "$out/steps_cuda_$k.csv" 2>&1 | tail -1
     [ -f "$out/steps_cpu.csv" ] && python3 - "$out/steps_cpu.csv" "$out/steps_cuda_$k.csv" <<'PY'
 import csv, sys
@@ -66,11 +56,11 @@ PY
   done
 fi
 if on cli; then
-  echo "== salient train --device cuda (ResNet-18, 512 + 512 images, 3 epochs)"
+  echo "== salient train --device cuda (ResNet-18, mnist-grass-01: 2,128 + 2,128 images, 3 epochs)"
   rm -rf /tmp/gpu_model
   start=$(date +%s)
   timeout 150 "$bin/salient" train --device cuda --architecture resnet18 --epochs 3 \
-    --target "$dir/target512.parquet" --reference "$dir/reference512.parquet" --out /tmp/gpu_model \
+    --target "$data/mnist-grass-01/target.parquet" --reference "$data/mnist-grass-01/reference.parquet" --out /tmp/gpu_model \
     >"$out/train_cuda.log" 2>"$out/train_cuda.err"
   echo "rc $? after $(($(date +%s) - start)) s"; tail -3 "$out/train_cuda.log"
   grep -iE "error|panick" "$out/train_cuda.err" | head -5

@@ -8,6 +8,12 @@
       does not have keep their earlier results and stamps, so one method can be rerun or added
       alone, from a fresh clone too.
 
+  quality_table.py rows NAME MODEL_DIR ... --out NEW.json
+      One row in compare's JSON shape (mean and sample sd over seeds) from `salient train` runs
+      on labelled data, one model directory per seed: their manifests' scores, and as seconds
+      the mean of their training logs' epoch times. For runs made where compare was not (a GPU
+      machine); fold the result in with `merge --machine`.
+
   quality_table.py table --work DIR --docs DIR [--published F] [--datasets NAME ...]
       Assembles every dataset's rows (those in DIR, and the published ones of datasets DIR has
       no JSON for) into DOCS/quality.md (a dated table with a `measured` column),
@@ -79,13 +85,32 @@ def merge(a):
             rows = json.load(f)['results'].get(a.dataset, {})
     with open(a.new) as f:
         new = json.load(f)
-    stamp = {'date': datetime.date.today().isoformat(), 'machine': cpu_name()}
+    stamp = {'date': datetime.date.today().isoformat(), 'machine': a.machine or cpu_name()}
     for method, row in new.items():
         row['measured'] = dict(stamp)
         if is_learned(method):
             row['measured']['settings'] = a.settings or 'defaults'
     rows.update(new)
     write_text(a.new, json.dumps(rows, indent=2, sort_keys=True))
+
+
+def rows(a):
+    import csv, statistics
+    scores, seconds = [], []
+    for model in a.models:
+        with open(os.path.join(model, 'manifest.json')) as f:
+            metrics = json.load(f).get('metrics')
+        if not metrics:
+            raise SystemExit(f'{model}/manifest.json has no scores (was the target labelled?)')
+        scores.append(metrics)
+        with open(os.path.join(model, 'training_log.csv')) as f:
+            seconds.append(sum(float(r['seconds']) for r in csv.DictReader(f)))
+    row = {'n': scores[0]['n'], 'seeds': len(scores), 'seconds': statistics.mean(seconds)}
+    for key in ('acc', 'nmi', 'ari'):
+        values = [s[key] for s in scores]
+        row[key] = statistics.mean(values)
+        row[key + '_std'] = statistics.stdev(values) if len(values) > 1 else 0.0
+    write_text(a.out, json.dumps({a.name: row}, indent=2, sort_keys=True))
 
 
 def measured_cell(row, machines):
@@ -189,7 +214,13 @@ def main():
     m.add_argument('--settings', help='training settings of the learned rows (e.g. the config file)')
     m.add_argument('--published', help='docs/quality.json: its rows of --dataset start OLD when OLD is missing')
     m.add_argument('--dataset', help='the dataset NEW is about (with --published)')
+    m.add_argument('--machine', help='where NEW was measured (default: this processor)')
     m.set_defaults(run=merge)
+    r = steps.add_parser('rows', help='one row from salient train runs, one model directory per seed')
+    r.add_argument('name', help="the row's name, as compare would give it (e.g. 'cidfd(skip=3)')")
+    r.add_argument('models', nargs='+')
+    r.add_argument('--out', required=True)
+    r.set_defaults(run=rows)
     t = steps.add_parser('table', help='write quality.md, quality.json and quality.png')
     t.add_argument('--work', required=True)
     t.add_argument('--docs', required=True)

@@ -92,6 +92,29 @@ class QualityTable(unittest.TestCase):
         self.assertEqual(sorted(published), ['mnist-grass-01', 'mnist-grass-shifted'])
         self.assertIn('cidfd(align=28)', published['mnist-grass-shifted'])
 
+    def test_rows_from_train_runs_fold_in_with_their_machine(self):
+        models = []
+        for seed, (acc, secs) in enumerate([(0.40, [2.0, 3.0]), (0.42, [2.5, 2.5]), (0.44, [3.0, 3.0])]):
+            model = os.path.join(self.dir.name, f'seed{seed}')
+            os.makedirs(model)
+            self.write(os.path.join(model, 'manifest.json'),
+                       {'metrics': {'acc': acc, 'nmi': acc / 2, 'ari': acc / 4, 'n': 100}})
+            with open(os.path.join(model, 'training_log.csv'), 'w') as f:
+                f.write('epoch,seconds,acc\n' + ''.join(f'{i},{s},\n' for i, s in enumerate(secs)))
+            models.append(model)
+        new = os.path.join(self.dir.name, 'rows.json')
+        self.run_script('rows', 'cidfd(skip=3)', *models, '--out', new)
+        got = self.read(new)['cidfd(skip=3)']
+        self.assertAlmostEqual(got['acc'], 0.42)
+        self.assertAlmostEqual(got['acc_std'], 0.02)
+        self.assertAlmostEqual(got['ari'], 0.105)
+        self.assertAlmostEqual(got['seconds'], 16 / 3)
+        self.assertEqual((got['n'], got['seeds']), (100, 3))
+        rows = self.merge('mnist-grass-01', self.read(new), '--machine', 'a GPU machine',
+                          '--settings', 'quickstart.toml, --device cuda')
+        self.assertEqual(rows['cidfd(skip=3)']['measured']['machine'], 'a GPU machine')
+        self.assertEqual(rows['cidfd(skip=3)']['measured']['settings'], 'quickstart.toml, --device cuda')
+
     def test_a_failed_write_leaves_the_file_as_it_was(self):
         sys.path.insert(0, os.path.dirname(SCRIPT))
         import quality_table
