@@ -2,7 +2,8 @@
 # the NVIDIA driver, PyTorch and its CUDA libraries but no package registry: unpacks the
 # binaries built on a development machine (docs/gpu.md) from $dir/bin.tar.xz into $bin and puts
 # the CUDA libraries they link (cuBLAS, cuRAND, NVRTC, cudart, cuDNN) from PyTorch's wheels on
-# LD_LIBRARY_PATH; the driver (libcuda.so.1) comes from the system.
+# LD_LIBRARY_PATH (the driver, libcuda.so.1, comes from the system), and defines
+# build_datasets.
 bin=/tmp/salient-gpu
 mkdir -p "$bin"
 # Unpacked once per machine: the scripts can run one after the other.
@@ -24,3 +25,13 @@ PY
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "missing libraries:"; ldd "$bin/salient" | grep "not found" || echo "  none"
+
+# Builds the named benchmark datasets from the bundled sources into $data (once per machine).
+data=/tmp/salient-gpu-data
+build_datasets() {
+  local name
+  for name in "$@"; do
+    [ -f "$data/$name/reference.parquet" ] ||
+      "$bin/salient" datasets build "$name" --out "$data" --seed 0 >/dev/null || return 1
+  done
+}

@@ -26,10 +26,7 @@ dir=${1:?usage: gpu_profile.sh DIR OUTDIR}
 out=${2:?usage: gpu_profile.sh DIR OUTDIR}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
-data=/tmp/salient-gpu-data
-for name in mnist-grass mnist-grass-shifted mnist-grass-01; do
-  "$bin/salient" datasets build "$name" --out "$data" --seed 0 >/dev/null || exit 1
-done
+build_datasets mnist-grass mnist-grass-shifted mnist-grass-01 || exit 1
 t="$data/mnist-grass/target.parquet"; r="$data/mnist-grass/reference.parquet"
 
 if on phases; then

@@ -21,10 +21,7 @@ out=${2:?usage: gpu_train.sh DIR OUTDIR}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 
-data=/tmp/salient-gpu-data
-for name in mnist-grass mnist-grass-01; do
-  "$bin/salient" datasets build "$name" --out "$data" --seed 0 >/dev/null || exit 1
-done
+build_datasets mnist-grass mnist-grass-01 || exit 1
 t="$data/mnist-grass/target.parquet"; r="$data/mnist-grass/reference.parquet"
 bench() { timeout 150 "$bin/bench_train" "$t" "$r" 4096 3 --device cuda --architecture resnet18 --no-torch "$@" 2>&1 | tail -1; }
 torch() { timeout 120 python3 benches/python_train.py "$t" "$r" 4096 3 16 --architecture resnet18 --device cuda "$@"; }
