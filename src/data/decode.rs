@@ -21,7 +21,7 @@ pub struct ImageShape {
 }
 
 impl ImageShape {
-    pub fn new(channels: usize, height: usize, width: usize) -> Self {
+    pub const fn new(channels: usize, height: usize, width: usize) -> Self {
         Self {
             channels,
             height,

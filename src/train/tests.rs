@@ -1,22 +1,35 @@
 use super::*;
 
-#[test]
-fn embeddings_do_not_keep_the_forward_graph() {
-    let shape = ImageShape::new(1, 12, 12);
-    let n = 6;
-    let set = ImageSet {
-        shape,
+const SHAPE: ImageShape = ImageShape::new(1, 12, 12);
+
+/// `n` unlabelled 12×12 images of deterministic pixels (`stride` varies the pattern).
+fn tiny_set(n: usize, stride: usize) -> ImageSet {
+    ImageSet {
+        shape: SHAPE,
         ids: (0..n as i64).collect(),
         labels: vec![None; n],
-        pixels: (0..n * shape.len()).map(|i| (i * 7 % 251) as u8).collect(),
-    };
-    let config = TrainConfig {
+        pixels: (0..n * SHAPE.len())
+            .map(|i| (i * stride % 251) as u8)
+            .collect(),
+    }
+}
+
+/// A trainer small enough for unit tests: width 4, d = 8, batch 4.
+fn tiny_config() -> TrainConfig {
+    TrainConfig {
         batch_size: 4,
         dim_salient: 8,
         dim_background: 8,
         width: Some(4),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn embeddings_do_not_keep_the_forward_graph() {
+    let (shape, n) = (SHAPE, 6);
+    let set = tiny_set(n, 7);
+    let config = tiny_config();
     let norm = Normalization::fit(&set.pixels, shape);
     let trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
     let e = trainer.embed_with(&trainer.salient, &set, 4).unwrap();
@@ -26,17 +39,12 @@ fn embeddings_do_not_keep_the_forward_graph() {
 
 #[test]
 fn neighbours_are_found_again_in_the_salient_bank() {
-    let shape = ImageShape::new(1, 12, 12);
-    let n = 8;
-    let pixels: Vec<u8> = (0..n * shape.len()).map(|i| (i * 13 % 251) as u8).collect();
+    let (shape, n) = (SHAPE, 8);
+    let pixels = tiny_set(n, 13).pixels;
     let config = TrainConfig {
-        batch_size: 4,
-        dim_salient: 8,
-        dim_background: 8,
-        width: Some(4),
         two_view_weight: 1.0,
         neighbour_positives: Some(2),
-        ..Default::default()
+        ..tiny_config()
     };
     let norm = Normalization::fit(&pixels, shape);
     let mut trainer = Trainer::new(config, shape, norm, n, n, Device::Cpu).unwrap();
@@ -69,21 +77,11 @@ fn neighbours_are_found_again_in_the_salient_bank() {
 
 #[test]
 fn profiled_steps_time_every_phase_and_train_the_same() {
-    let shape = ImageShape::new(1, 12, 12);
-    let n = 8;
-    let set = ImageSet {
-        shape,
-        ids: (0..n as i64).collect(),
-        labels: vec![None; n],
-        pixels: (0..n * shape.len()).map(|i| (i * 11 % 251) as u8).collect(),
-    };
+    let (shape, n) = (SHAPE, 8);
+    let set = tiny_set(n, 11);
     let config = TrainConfig {
-        batch_size: 4,
-        dim_salient: 8,
-        dim_background: 8,
-        width: Some(4),
         two_view_weight: 1.0,
-        ..Default::default()
+        ..tiny_config()
     };
     let norm = Normalization::fit(&set.pixels, shape);
     let new = || Trainer::new(config.clone(), shape, norm.clone(), n, n, Device::Cpu).unwrap();
