@@ -290,34 +290,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {
                     let idfd = *method == CompareMethod::Idfd;
-                    // Settings that change what the positives are name the row, as the
-                    // window names tic's: the default cIDFD and its aligned form are two rows.
-                    let (method_name, dir_name) = if idfd {
-                        ("idfd".to_string(), "idfd".to_string())
-                    } else {
-                        let positives: Vec<(&str, usize)> = [
-                            ("align", job.train.neighbour_align_window),
-                            ("skip", job.train.neighbour_skip_raw_nearest()),
-                        ]
-                        .into_iter()
-                        .filter(|&(_, v)| v > 0)
-                        .collect();
-                        if positives.is_empty() {
-                            ("cidfd".to_string(), "cidfd".to_string())
-                        } else {
-                            let name = |sep: &str, join: &str| {
-                                positives
-                                    .iter()
-                                    .map(|(k, v)| format!("{k}{sep}{v}"))
-                                    .collect::<Vec<_>>()
-                                    .join(join)
-                            };
-                            (
-                                format!("cidfd({})", name("=", ",")),
-                                format!("cidfd-{}", name("", "-")),
-                            )
-                        }
-                    };
+                    let (method_name, dir_name) = trained_row_name(idfd, &job.train);
                     let mut config = TrainConfig {
                         method: if idfd { Method::Idfd } else { Method::Cidfd },
                         seed,
@@ -355,6 +328,37 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         .into_iter()
         .map(|(name, r, seconds)| (name, Summary::of(&r, &seconds)))
         .collect())
+}
+
+/// The row name and model-directory name of a trained method. Settings that change what
+/// the positives are, and a schedule other than the default, name the row (as the window
+/// names tic's), so that rows trained differently never share a name in a table:
+/// `cidfd(skip=3)`, `cidfd(align=28)`, `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
+fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    if !idfd {
+        parts.push(("align", train.neighbour_align_window));
+        parts.push(("skip", train.neighbour_skip_raw_nearest()));
+        parts.retain(|&(_, v)| v > 0);
+    }
+    if train.epochs != TrainConfig::default().epochs {
+        parts.push(("epochs", train.epochs));
+    }
+    let base = if idfd { "idfd" } else { "cidfd" };
+    if parts.is_empty() {
+        return (base.to_string(), base.to_string());
+    }
+    let join = |sep: &str, between: &str| {
+        parts
+            .iter()
+            .map(|(k, v)| format!("{k}{sep}{v}"))
+            .collect::<Vec<_>>()
+            .join(between)
+    };
+    (
+        format!("{base}({})", join("=", ",")),
+        format!("{base}-{}", join("", "-")),
+    )
 }
 
 fn push(
@@ -395,4 +399,51 @@ pub fn format_table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(idfd: bool, train: TrainConfig) -> (String, String) {
+        trained_row_name(idfd, &train)
+    }
+
+    #[test]
+    fn trained_rows_are_named_by_their_positives_and_a_non_default_schedule() {
+        let default = TrainConfig::default();
+        assert_eq!(
+            names(false, default.clone()),
+            ("cidfd(skip=3)".into(), "cidfd-skip3".into())
+        );
+        assert_eq!(names(true, default.clone()), ("idfd".into(), "idfd".into()));
+        let aligned = TrainConfig {
+            neighbour_align_window: 28,
+            neighbour_skip_raw_nearest: Some(0),
+            ..default.clone()
+        };
+        assert_eq!(
+            names(false, aligned),
+            ("cidfd(align=28)".into(), "cidfd-align28".into())
+        );
+        let longer = TrainConfig {
+            epochs: default.epochs + 20,
+            ..default.clone()
+        };
+        let epochs = default.epochs + 20;
+        assert_eq!(
+            names(false, longer.clone()),
+            (
+                format!("cidfd(skip=3,epochs={epochs})"),
+                format!("cidfd-skip3-epochs{epochs}")
+            )
+        );
+        assert_eq!(
+            names(true, longer),
+            (
+                format!("idfd(epochs={epochs})"),
+                format!("idfd-epochs{epochs}")
+            )
+        );
+    }
 }
