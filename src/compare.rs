@@ -405,41 +405,37 @@ pub fn format_table(rows: &[Row]) -> String {
 mod tests {
     use super::*;
 
-    fn names(idfd: bool, train: TrainConfig) -> (String, String) {
-        trained_row_name(idfd, &train)
-    }
-
     #[test]
     fn trained_rows_are_named_by_their_positives_and_a_non_default_schedule() {
         let default = TrainConfig::default();
         assert_eq!(
-            names(false, default.clone()),
+            trained_row_name(false, &default),
             ("cidfd(skip=3)".into(), "cidfd-skip3".into())
         );
-        assert_eq!(names(true, default.clone()), ("idfd".into(), "idfd".into()));
+        assert_eq!(
+            trained_row_name(true, &default),
+            ("idfd".into(), "idfd".into())
+        );
         let aligned = TrainConfig {
             neighbour_align_window: 28,
             neighbour_skip_raw_nearest: Some(0),
             ..default.clone()
         };
         assert_eq!(
-            names(false, aligned),
+            trained_row_name(false, &aligned),
             ("cidfd(align=28)".into(), "cidfd-align28".into())
         );
-        let longer = TrainConfig {
-            epochs: default.epochs + 20,
-            ..default.clone()
-        };
         let epochs = default.epochs + 20;
+        let longer = TrainConfig { epochs, ..default };
         assert_eq!(
-            names(false, longer.clone()),
+            trained_row_name(false, &longer),
             (
                 format!("cidfd(skip=3,epochs={epochs})"),
                 format!("cidfd-skip3-epochs{epochs}")
             )
         );
         assert_eq!(
-            names(true, longer),
+            trained_row_name(true, &longer),
             (
                 format!("idfd(epochs={epochs})"),
                 format!("idfd-epochs{epochs}")
