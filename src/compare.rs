@@ -331,18 +331,31 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 }
 
 /// The row name and model-directory name of a trained method. Settings that change what
-/// the positives are, and a schedule other than the default, name the row (as the window
-/// names tic's), so that rows trained differently never share a name in a table:
-/// `cidfd(skip=3)`, `cidfd(align=28)`, `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
+/// the positives are, the reference-null term and the two-view background correction, and a
+/// schedule other than the default name the row (as the window names tic's), so that rows
+/// trained differently never share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`,
+/// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(skip=3,epochs=50)`,
+/// `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
-    let mut parts: Vec<(&str, usize)> = Vec::new();
+    let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
-        parts.push(("align", train.neighbour_align_window));
-        parts.push(("skip", train.neighbour_skip_raw_nearest()));
-        parts.retain(|&(_, v)| v > 0);
+        for (key, value) in [
+            ("align", train.neighbour_align_window),
+            ("skip", train.neighbour_skip_raw_nearest()),
+        ] {
+            if value > 0 {
+                parts.push((key, value.to_string()));
+            }
+        }
+        if train.reference_null != 0.0 {
+            parts.push(("null", train.reference_null.to_string()));
+        }
+        if train.two_view_lambda != 0.0 {
+            parts.push(("view_lambda", train.two_view_lambda.to_string()));
+        }
     }
     if train.epochs != TrainConfig::default().epochs {
-        parts.push(("epochs", train.epochs));
+        parts.push(("epochs", train.epochs.to_string()));
     }
     let base = if idfd { "idfd" } else { "cidfd" };
     if parts.is_empty() {
@@ -406,7 +419,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trained_rows_are_named_by_their_positives_and_a_non_default_schedule() {
+    fn trained_rows_are_named_by_their_positives_reference_terms_and_a_non_default_schedule() {
         let default = TrainConfig::default();
         assert_eq!(
             trained_row_name(false, &default),
@@ -424,6 +437,28 @@ mod tests {
         assert_eq!(
             trained_row_name(false, &aligned),
             ("cidfd(align=28)".into(), "cidfd-align28".into())
+        );
+        let null = TrainConfig {
+            reference_null: 0.5,
+            ..default.clone()
+        };
+        assert_eq!(
+            trained_row_name(false, &null),
+            (
+                "cidfd(skip=3,null=0.5)".into(),
+                "cidfd-skip3-null0.5".into()
+            )
+        );
+        let corrected = TrainConfig {
+            two_view_lambda: 1.0,
+            ..default.clone()
+        };
+        assert_eq!(
+            trained_row_name(false, &corrected),
+            (
+                "cidfd(skip=3,view_lambda=1)".into(),
+                "cidfd-skip3-view_lambda1".into()
+            )
         );
         let epochs = default.epochs + 20;
         let longer = TrainConfig { epochs, ..default };

@@ -88,6 +88,11 @@ pub struct TrainConfig {
     pub two_view_weight: f64,
     /// Temperature of the two-view contrast.
     pub two_view_tau: f64,
+    /// Weight of the background similarity in the two-view logits, as `lambda` in the bank's
+    /// target logits: each pair's similarity s·s' is corrected by λ·z·z', with z the rows of
+    /// the target background bank, so a positive that shares the image's background is
+    /// explained by g_z and the salient encoder is not pushed to encode it. cIDFD only; 0: off.
+    pub two_view_lambda: f64,
     /// Pair each target image, in the two-view contrast, with a view of one of its K nearest
     /// neighbours in the reference-whitened pixel space instead of a second view of itself
     /// (0: off; unset: the method's default, see [`TrainConfig::neighbour_positives`]).
@@ -160,6 +165,7 @@ impl Default for TrainConfig {
             gamma_xcov: 0.0,
             two_view_weight: 4.0,
             two_view_tau: 0.5,
+            two_view_lambda: 0.0,
             neighbour_positives: None,
             neighbour_components: 64,
             neighbour_refresh_every: 0,
@@ -279,6 +285,21 @@ impl TrainConfig {
             return bad(
                 "whitening_kernel and neighbour_positives are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
+        }
+        if self.two_view_lambda != 0.0 {
+            if self.method == Method::Idfd {
+                return bad(
+                    "two_view_lambda reads the background encoder's bank: method cidfd only",
+                );
+            }
+            if self.two_view_weight <= 0.0 {
+                return bad(
+                    "two_view_lambda corrects the two-view contrast: set two_view_weight > 0",
+                );
+            }
+            if !self.two_view_lambda.is_finite() {
+                return bad("two_view_lambda must be finite");
+            }
         }
         if self.neighbour_positives() > 0 && self.two_view_weight <= 0.0 {
             return bad("neighbour_positives pairs images in the two-view contrast: set two_view_weight > 0");
@@ -427,6 +448,38 @@ mod tests {
             };
             cidfd.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn the_two_view_background_correction_needs_cidfd_and_the_two_view_contrast() {
+        let corrected = TrainConfig {
+            two_view_lambda: 1.0,
+            ..Default::default()
+        };
+        corrected.validate().unwrap();
+        let idfd = TrainConfig {
+            method: Method::Idfd,
+            neighbour_positives: Some(0),
+            whitening_kernel: Some(0),
+            ..corrected.clone()
+        };
+        let err = idfd.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("two_view_lambda") && err.contains("cidfd"),
+            "{err}"
+        );
+        let no_two_view = TrainConfig {
+            two_view_weight: 0.0,
+            neighbour_positives: Some(0),
+            ..corrected.clone()
+        };
+        let err = no_two_view.validate().unwrap_err().to_string();
+        assert!(err.contains("two_view_weight"), "{err}");
+        let infinite = TrainConfig {
+            two_view_lambda: f64::INFINITY,
+            ..corrected
+        };
+        assert!(infinite.validate().is_err());
     }
 
     #[test]

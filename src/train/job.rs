@@ -269,6 +269,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             id_reference = last.losses.id_reference,
             fd = last.losses.fd,
             reference_salient = last.losses.reference_salient,
+            reference_null = last.losses.reference_null,
             two_view = last.losses.two_view,
             lr = last.lr,
             images_per_second = format!("{:.0}", last.images_per_second),

@@ -174,9 +174,26 @@ pub fn cross_covariance(s: &Tensor, z: &Tensor) -> Result<Tensor> {
 /// NT-Xent (SimCLR) between two views of a batch of L2-normalised features (B×d each): every
 /// row's positive is its other view, the other 2B − 2 rows are negatives.
 pub fn two_view_contrast(a: &Tensor, b: &Tensor, tau: f64) -> Result<Tensor> {
+    two_view_contrast_corrected(a, b, None, tau)
+}
+
+/// The two-view contrast with each pair's similarity corrected by a background similarity
+/// (cIDFD's target-logit correction): logits (s_i·s_j + λ z_i·z_j) / τ, where `background`
+/// holds λ and the two views' background rows (B×d_z each, constants: no gradient reaches g_z).
+pub fn two_view_contrast_corrected(
+    a: &Tensor,
+    b: &Tensor,
+    background: Option<(f64, &Tensor, &Tensor)>,
+    tau: f64,
+) -> Result<Tensor> {
     let n = a.dim(0)?;
     let z = Tensor::cat(&[a, b], 0)?;
-    let sim = (z.matmul(&z.t()?)? / tau)?;
+    let mut sim = z.matmul(&z.t()?)?;
+    if let Some((lambda, za, zb)) = background {
+        let zz = Tensor::cat(&[za, zb], 0)?.detach();
+        sim = (sim + (zz.matmul(&zz.t()?)? * lambda)?)?;
+    }
+    let sim = (sim / tau)?;
     // Mask self-similarity with a large negative number.
     let eye = Tensor::eye(2 * n, sim.dtype(), sim.device())?;
     let sim = (sim - (eye * 1e9)?)?;
@@ -265,6 +282,40 @@ mod tests {
         assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
     }
 
+    #[test]
+    fn two_view_background_correction_matches_a_hand_computed_value() {
+        // As above, with λ = 1 and background rows equal to the salient rows: row 0's logits
+        // become [masked, 0, 1 + 1, 0], CE = log(1 + e² + 1) − 2.
+        let a = t(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let e2 = std::f64::consts::E.powi(2);
+        let expected = (2.0 + e2).ln() - 2.0;
+        let got = scalar(&two_view_contrast_corrected(&a, &a, Some((1.0, &a, &a)), 1.0).unwrap());
+        assert!((got - expected).abs() < 1e-9, "{got} vs {expected}");
+        // Without a correction it is the plain contrast.
+        let plain = scalar(&two_view_contrast(&a, &a, 1.0).unwrap());
+        let none = scalar(&two_view_contrast_corrected(&a, &a, None, 1.0).unwrap());
+        assert_eq!(plain, none);
+    }
+
+    #[test]
+    fn two_view_background_rows_receive_no_gradient() {
+        let a = Var::from_tensor(&t(&[&[0.6, 0.8], &[0.8, -0.6]])).unwrap();
+        let z = Var::from_tensor(&t(&[&[1.0, 0.0], &[0.0, 1.0]])).unwrap();
+        let loss = two_view_contrast_corrected(
+            a.as_tensor(),
+            a.as_tensor(),
+            Some((1.0, z.as_tensor(), z.as_tensor())),
+            0.5,
+        )
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(&a).is_some());
+        assert!(
+            grads.get(&z).is_none(),
+            "the background bank rows are constants"
+        );
+    }
+
     /// Central finite differences in f64 against candle's backward pass.
     fn check_gradient(x0: &Tensor, loss: impl Fn(&Tensor) -> Result<Tensor>) {
         let var = Var::from_tensor(x0).unwrap();
@@ -314,5 +365,10 @@ mod tests {
         check_gradient(&f, |x| cross_covariance(x, &z));
         check_gradient(&f, |x| reference_null(x, &bank));
         check_gradient(&f, |x| reference_null(&bank, x));
+        let views = t(&[&[0.2, -0.1, 0.4], &[0.3, 0.3, -0.2], &[-0.5, 0.1, 0.3]]);
+        check_gradient(&f, |x| {
+            let s = crate::model::l2_normalize(x)?;
+            two_view_contrast_corrected(&s, &views, Some((0.7, &z, &z)), 0.5)
+        });
     }
 }

@@ -487,17 +487,16 @@ impl Trainer {
             let shifted: Option<Vec<&[u8]>> = overlays
                 .as_ref()
                 .map(|o| (0..o.len()).map(|i| o[(i + 1) % o.len()]).collect());
-            let partners: Vec<&[u8]> = match &self.neighbours {
+            let partner_idx: Vec<usize> = match &self.neighbours {
                 Some(nb) => {
                     let mut rng = ChaCha8Rng::seed_from_u64(
                         cfg.seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03),
                     );
-                    idx.iter()
-                        .map(|&i| target.image(nb.pick(i, &mut rng)))
-                        .collect()
+                    idx.iter().map(|&i| nb.pick(i, &mut rng)).collect()
                 }
-                None => images.clone(),
+                None => idx.to_vec(),
             };
+            let partners: Vec<&[u8]> = partner_idx.iter().map(|&j| target.image(j)).collect();
             let xt2 = self.batch_tensor_with_overlays(
                 &partners,
                 shifted.as_deref(),
@@ -505,7 +504,30 @@ impl Trainer {
                 stream.wrapping_mul(2).wrapping_add(1 << 62),
             )?;
             let s2 = self.salient.forward_t(&xt2, true)?;
-            Some(loss::two_view_contrast(&s, &s2, cfg.two_view_tau)?)
+            // The background rows of both views come from the target background bank: what
+            // g_z last made of each image, so the correction costs no extra forward pass.
+            let background = match (&self.bank_zt, cfg.two_view_lambda != 0.0) {
+                (Some(bank), true) => {
+                    let rows = |ids: &[usize]| -> Result<Tensor> {
+                        let ids = Tensor::from_vec(
+                            ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                            ids.len(),
+                            device,
+                        )?;
+                        Ok(bank.rows().index_select(&ids, 0)?)
+                    };
+                    Some((rows(idx)?, rows(&partner_idx)?))
+                }
+                _ => None,
+            };
+            Some(loss::two_view_contrast_corrected(
+                &s,
+                &s2,
+                background
+                    .as_ref()
+                    .map(|(za, zb)| (cfg.two_view_lambda, za, zb)),
+                cfg.two_view_tau,
+            )?)
         } else {
             None
         };

@@ -118,3 +118,30 @@ fn profiled_steps_time_every_phase_and_train_the_same() {
     profiled.profile_phases(false);
     assert!(profiled.take_phases().is_none());
 }
+
+#[test]
+fn the_two_view_background_correction_changes_training() {
+    let (shape, n) = (SHAPE, 8);
+    let set = tiny_set(n, 17);
+    let reference = tiny_set(n, 5);
+    let with = |lambda: f64| TrainConfig {
+        two_view_weight: 1.0,
+        two_view_lambda: lambda,
+        ..tiny_config()
+    };
+    let norm = Normalization::fit(&set.pixels, shape);
+    let epoch = |config: TrainConfig| {
+        let mut trainer = Trainer::new(config, shape, norm.clone(), n, n, Device::Cpu).unwrap();
+        trainer
+            .train_epoch(&set, Some(&reference), |_, _, _| {})
+            .unwrap()
+            .losses
+    };
+    let (off, again, on) = (epoch(with(0.0)), epoch(with(0.0)), epoch(with(1.0)));
+    assert_eq!(off.two_view, again.two_view, "training is deterministic");
+    assert_ne!(
+        off.two_view, on.two_view,
+        "λ·z·z' did not reach the two-view logits"
+    );
+    assert!(on.two_view.is_finite() && on.loss.is_finite());
+}
