@@ -83,4 +83,31 @@ mod tests {
         let v: Vec<f64> = p.as_tensor().to_vec1().unwrap();
         assert!((v[0] - 0.3375).abs() < 1e-12, "{v:?}");
     }
+
+    #[test]
+    fn gradients_sum_over_every_use_of_a_tensor() {
+        // The vendored candle-core (Cargo.toml's [patch]) stores the first gradient to reach a
+        // node as it is and adds the later ones: a tensor used three times, once through a
+        // transposed view, must still get the sum of the three, and its gradient contiguous.
+        // x = [1, 2, 3], h = 3x, y = Σ h·a + Σ h + Σ h² + Σ (hᵀ·2)
+        // dy/dh = a + 1 + 2h + 2 = [11, 18, 25] for a = [2, 3, 4], so dy/dx = [33, 54, 75].
+        let dev = Device::Cpu;
+        let x = Var::new(&[1.0f32, 2.0, 3.0], &dev).unwrap();
+        let a = Tensor::new(&[2.0f32, 3.0, 4.0], &dev).unwrap();
+        let h = (x.as_tensor() * 3.0).unwrap();
+        let ht = h.reshape((3, 1)).unwrap().t().unwrap();
+        let y = [
+            (&h * &a).unwrap().sum_all().unwrap(),
+            h.sum_all().unwrap(),
+            h.sqr().unwrap().sum_all().unwrap(),
+            (ht * 2.0).unwrap().sum_all().unwrap(),
+        ]
+        .into_iter()
+        .reduce(|p, q| (p + q).unwrap())
+        .unwrap();
+        let grads = y.backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap();
+        assert!(g.is_contiguous());
+        assert_eq!(g.to_vec1::<f32>().unwrap(), vec![33.0, 54.0, 75.0]);
+    }
 }
