@@ -334,12 +334,13 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 /// the positives are, the reference-null term and the two-view background correction, and a
 /// schedule other than the default name the row (as the window names tic's), so that rows
 /// trained differently never share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`,
-/// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(skip=3,epochs=50)`,
-/// `idfd(epochs=50)`.
+/// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(window=28,skip=3,view_lambda=1)`,
+/// `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
         for (key, value) in [
+            ("window", train.align_window),
             ("align", train.neighbour_align_window),
             ("skip", train.neighbour_skip_raw_nearest()),
         ] {
@@ -350,8 +351,8 @@ fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
         if train.reference_null != 0.0 {
             parts.push(("null", train.reference_null.to_string()));
         }
-        if train.two_view_lambda != 0.0 {
-            parts.push(("view_lambda", train.two_view_lambda.to_string()));
+        if train.two_view_lambda() != 0.0 {
+            parts.push(("view_lambda", train.two_view_lambda().to_string()));
         }
     }
     if train.epochs != TrainConfig::default().epochs {
@@ -423,7 +424,10 @@ mod tests {
         let default = TrainConfig::default();
         assert_eq!(
             trained_row_name(false, &default),
-            ("cidfd(skip=3)".into(), "cidfd-skip3".into())
+            (
+                "cidfd(skip=3,view_lambda=1)".into(),
+                "cidfd-skip3-view_lambda1".into()
+            )
         );
         assert_eq!(
             trained_row_name(true, &default),
@@ -436,7 +440,10 @@ mod tests {
         };
         assert_eq!(
             trained_row_name(false, &aligned),
-            ("cidfd(align=28)".into(), "cidfd-align28".into())
+            (
+                "cidfd(align=28,view_lambda=1)".into(),
+                "cidfd-align28-view_lambda1".into()
+            )
         );
         let null = TrainConfig {
             reference_null: 0.5,
@@ -445,28 +452,36 @@ mod tests {
         assert_eq!(
             trained_row_name(false, &null),
             (
-                "cidfd(skip=3,null=0.5)".into(),
-                "cidfd-skip3-null0.5".into()
+                "cidfd(skip=3,null=0.5,view_lambda=1)".into(),
+                "cidfd-skip3-null0.5-view_lambda1".into()
             )
         );
-        let corrected = TrainConfig {
-            two_view_lambda: 1.0,
+        let windowed = TrainConfig {
+            align_window: 28,
             ..default.clone()
         };
         assert_eq!(
-            trained_row_name(false, &corrected),
+            trained_row_name(false, &windowed),
             (
-                "cidfd(skip=3,view_lambda=1)".into(),
-                "cidfd-skip3-view_lambda1".into()
+                "cidfd(window=28,skip=3,view_lambda=1)".into(),
+                "cidfd-window28-skip3-view_lambda1".into()
             )
+        );
+        let uncorrected = TrainConfig {
+            two_view_lambda: Some(0.0),
+            ..default.clone()
+        };
+        assert_eq!(
+            trained_row_name(false, &uncorrected),
+            ("cidfd(skip=3)".into(), "cidfd-skip3".into())
         );
         let epochs = default.epochs + 20;
         let longer = TrainConfig { epochs, ..default };
         assert_eq!(
             trained_row_name(false, &longer),
             (
-                format!("cidfd(skip=3,epochs={epochs})"),
-                format!("cidfd-skip3-epochs{epochs}")
+                format!("cidfd(skip=3,view_lambda=1,epochs={epochs})"),
+                format!("cidfd-skip3-view_lambda1-epochs{epochs}")
             )
         );
         assert_eq!(

@@ -43,6 +43,8 @@ pub const DEFAULT_NEIGHBOUR_POSITIVES: usize = 10;
 /// Raw-pixel nearest images skipped as neighbour positives when `neighbour_skip_raw_nearest`
 /// is unset and there are neighbour positives.
 pub const DEFAULT_NEIGHBOUR_SKIP_RAW_NEAREST: usize = 3;
+/// cIDFD's default two-view background correction (`two_view_lambda`).
+pub const DEFAULT_TWO_VIEW_LAMBDA: f64 = 1.0;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,8 +93,9 @@ pub struct TrainConfig {
     /// Weight of the background similarity in the two-view logits, as `lambda` in the bank's
     /// target logits: each pair's similarity s·s' is corrected by λ·z·z', with z the rows of
     /// the target background bank, so a positive that shares the image's background is
-    /// explained by g_z and the salient encoder is not pushed to encode it. cIDFD only; 0: off.
-    pub two_view_lambda: f64,
+    /// explained by g_z and the salient encoder is not pushed to encode it. cIDFD only; 0: off;
+    /// unset: the method's default, see [`TrainConfig::two_view_lambda`].
+    pub two_view_lambda: Option<f64>,
     /// Pair each target image, in the two-view contrast, with a view of one of its K nearest
     /// neighbours in the reference-whitened pixel space instead of a second view of itself
     /// (0: off; unset: the method's default, see [`TrainConfig::neighbour_positives`]).
@@ -107,6 +110,12 @@ pub struct TrainConfig {
     /// the whitened pixels (one template per cluster), for objects that move within the image
     /// (0: whole images, as they are).
     pub neighbour_align_window: usize,
+    /// The alignment front: the encoders see, of each image, the window of this side that
+    /// correlates best with one of the templates that shift-invariant k-means fits to the
+    /// reference-whitened target images (one per cluster), for objects that move within the
+    /// image; a fixed first stage, part of the exported graph (0: off; single-channel images of
+    /// at most 64×64 pixels; cIDFD only, the whitening is fitted to the reference set).
+    pub align_window: usize,
     /// Never pair an image with any of its this many nearest images in the raw pixels (PCA to
     /// `neighbour_components`, cosine): where the background dominates the pixels, those are
     /// mostly images on overlapping crops of one background, which share the background more
@@ -165,11 +174,12 @@ impl Default for TrainConfig {
             gamma_xcov: 0.0,
             two_view_weight: 4.0,
             two_view_tau: 0.5,
-            two_view_lambda: 0.0,
+            two_view_lambda: None,
             neighbour_positives: None,
             neighbour_components: 64,
             neighbour_refresh_every: 0,
             neighbour_align_window: 0,
+            align_window: 0,
             neighbour_skip_raw_nearest: None,
             joint_bank: false,
             fd_background: false,
@@ -236,6 +246,19 @@ impl TrainConfig {
             })
     }
 
+    /// The weight of the background correction in the two-view contrast, 0 for none: as set,
+    /// else 1 for cIDFD with a two-view contrast (as `lambda` in the bank's logits) and 0
+    /// otherwise (IDFD has no background encoder).
+    pub fn two_view_lambda(&self) -> f64 {
+        self.two_view_lambda.unwrap_or(
+            if self.method == Method::Cidfd && self.two_view_weight > 0.0 {
+                DEFAULT_TWO_VIEW_LAMBDA
+            } else {
+                0.0
+            },
+        )
+    }
+
     /// The encoders' first-stage width: as set, else the architecture's default.
     pub fn width(&self) -> usize {
         self.width.unwrap_or(self.architecture.default_width())
@@ -248,6 +271,7 @@ impl TrainConfig {
             whitening_kernel: Some(self.whitening_kernel()),
             neighbour_positives: Some(self.neighbour_positives()),
             neighbour_skip_raw_nearest: Some(self.neighbour_skip_raw_nearest()),
+            two_view_lambda: Some(self.two_view_lambda()),
             ..self.clone()
         }
     }
@@ -280,13 +304,21 @@ impl TrainConfig {
             return bad("lr must be positive");
         }
         if self.method == Method::Idfd
-            && (self.whitening_kernel() > 0 || self.neighbour_positives() > 0)
+            && (self.whitening_kernel() > 0
+                || self.neighbour_positives() > 0
+                || self.align_window > 0)
         {
             return bad(
-                "whitening_kernel and neighbour_positives are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
+                "whitening_kernel, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
         }
-        if self.two_view_lambda != 0.0 {
+        if self.align_window > 0 && self.neighbour_align_window > 0 {
+            return bad(
+                "align_window already aligns the images the neighbours are found in: leave neighbour_align_window at 0",
+            );
+        }
+        let two_view_lambda = self.two_view_lambda();
+        if two_view_lambda != 0.0 {
             if self.method == Method::Idfd {
                 return bad(
                     "two_view_lambda reads the background encoder's bank: method cidfd only",
@@ -297,7 +329,7 @@ impl TrainConfig {
                     "two_view_lambda corrects the two-view contrast: set two_view_weight > 0",
                 );
             }
-            if !self.two_view_lambda.is_finite() {
+            if !two_view_lambda.is_finite() {
                 return bad("two_view_lambda must be finite");
             }
         }
@@ -453,7 +485,7 @@ mod tests {
     #[test]
     fn the_two_view_background_correction_needs_cidfd_and_the_two_view_contrast() {
         let corrected = TrainConfig {
-            two_view_lambda: 1.0,
+            two_view_lambda: Some(1.0),
             ..Default::default()
         };
         corrected.validate().unwrap();
@@ -476,10 +508,52 @@ mod tests {
         let err = no_two_view.validate().unwrap_err().to_string();
         assert!(err.contains("two_view_weight"), "{err}");
         let infinite = TrainConfig {
-            two_view_lambda: f64::INFINITY,
+            two_view_lambda: Some(f64::INFINITY),
             ..corrected
         };
         assert!(infinite.validate().is_err());
+    }
+
+    #[test]
+    fn the_paper_configuration_keeps_every_salient_addition_off() {
+        let paper: TrainConfig =
+            toml::from_str(include_str!("../examples/configs/paper.toml")).unwrap();
+        paper.validate().unwrap();
+        assert_eq!(
+            (
+                paper.whitening_kernel(),
+                paper.neighbour_positives(),
+                paper.two_view_lambda(),
+                paper.align_window
+            ),
+            (0, 0, 0.0, 0)
+        );
+    }
+
+    #[test]
+    fn the_alignment_front_needs_cidfd_and_no_second_alignment() {
+        let front = TrainConfig {
+            align_window: 28,
+            ..Default::default()
+        };
+        front.validate().unwrap();
+        let idfd = TrainConfig {
+            method: Method::Idfd,
+            neighbour_positives: Some(0),
+            whitening_kernel: Some(0),
+            ..front.clone()
+        };
+        let err = idfd.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("align_window") && err.contains("cidfd"),
+            "{err}"
+        );
+        let twice = TrainConfig {
+            neighbour_align_window: 28,
+            ..front
+        };
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("neighbour_align_window"), "{err}");
     }
 
     #[test]
@@ -516,6 +590,15 @@ mod tests {
             cidfd.neighbour_skip_raw_nearest(),
             DEFAULT_NEIGHBOUR_SKIP_RAW_NEAREST
         );
+        assert_eq!(cidfd.two_view_lambda(), DEFAULT_TWO_VIEW_LAMBDA);
+        // Without a two-view contrast there is nothing to correct, and that is no error.
+        let no_two_view = TrainConfig {
+            two_view_weight: 0.0,
+            neighbour_positives: Some(0),
+            ..Default::default()
+        };
+        no_two_view.validate().unwrap();
+        assert_eq!(no_two_view.two_view_lambda(), 0.0);
         // Without neighbour positives there is nothing to skip, and that is no error.
         let no_neighbours = TrainConfig {
             neighbour_positives: Some(0),
@@ -537,6 +620,7 @@ mod tests {
         assert_eq!(resolved.whitening_kernel, Some(0));
         assert_eq!(resolved.neighbour_positives, Some(0));
         assert_eq!(resolved.neighbour_skip_raw_nearest, Some(0));
+        assert_eq!(resolved.two_view_lambda, Some(0.0));
         assert_eq!(resolved.width, Some(16));
         // An explicit 0 turns cIDFD's off; TOML reads the same.
         let off: TrainConfig = toml::from_str("whitening_kernel = 0").unwrap();

@@ -12,6 +12,8 @@
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
 //! * [`baselines`]: PCA and contrastive PCA;
 //! * [`whitening`]: reference whitening as a fixed convolution (the salient encoder's first layer);
+//! * [`alignment`]: the alignment front, a fixed first stage that cuts each image's object window
+//!   for objects that move (shift-invariant k-means templates);
 //! * [`export`]: a trained model directory loaded with candle, and its ONNX graph
 //!   (preprocessing, encoder, k-means head);
 //! * [`infer`]: ONNX Runtime: finding the library, sessions pooled per model;
@@ -23,6 +25,7 @@
 //! * [`atomic`]: all-or-nothing file output;
 //! * [`error`]: the typed errors every module returns.
 
+pub mod alignment;
 pub mod alloc;
 pub mod atomic;
 pub mod baselines;

@@ -391,6 +391,7 @@ mod tests {
             whitening_kernel: Some(unset.whitening_kernel()),
             neighbour_positives: Some(unset.neighbour_positives()),
             neighbour_skip_raw_nearest: Some(unset.neighbour_skip_raw_nearest()),
+            two_view_lambda: Some(unset.two_view_lambda()),
             ..TrainConfig::default()
         };
         assert_eq!(

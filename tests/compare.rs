@@ -102,10 +102,16 @@ fn aligned_neighbours_and_the_schedule_name_their_cidfd_row_and_idfd_ignores_the
     let rows = compare::run(&both).unwrap();
     let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
     // The tiny config's one epoch is not the default schedule, so it names the rows too.
-    assert_eq!(names, ["idfd(epochs=1)", "cidfd(align=20,skip=2,epochs=1)"]);
+    assert_eq!(
+        names,
+        [
+            "idfd(epochs=1)",
+            "cidfd(align=20,skip=2,view_lambda=1,epochs=1)"
+        ]
+    );
     assert!(dir
         .path()
-        .join("compare/cidfd-align20-skip2-epochs1-seed0/model.onnx")
+        .join("compare/cidfd-align20-skip2-view_lambda1-epochs1-seed0/model.onnx")
         .exists());
     assert!(rows
         .iter()

@@ -50,6 +50,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn parity(config: salient::train::TrainConfig) {
     let architecture = config.architecture;
     let whitening = config.whitening_kernel() > 0;
+    let aligned = config.align_window > 0;
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, target) = trained(dir.path(), config);
     let manifest = Manifest::read(&model_dir).unwrap();
@@ -57,6 +58,7 @@ fn parity(config: salient::train::TrainConfig) {
 
     let candle = TrainedModel::load(&model_dir).unwrap();
     assert_eq!(candle.encoder.input_filter().is_some(), whitening);
+    assert_eq!(candle.alignment.is_some(), aligned);
     let pixels = pixels(&target, &candle);
     assert_eq!(pixels.len(), 256 * 28 * 28);
     let want = candle.embed(&pixels).unwrap();
@@ -136,6 +138,14 @@ fn resnet18_with_head_norm_candle_and_onnx_runtime_agree() {
 fn the_reference_whitening_layer_runs_the_same_in_onnx_runtime() {
     parity(salient::train::TrainConfig {
         whitening_kernel: Some(7),
+        ..common::tiny_config()
+    });
+}
+
+#[test]
+fn the_alignment_front_runs_the_same_in_onnx_runtime() {
+    parity(salient::train::TrainConfig {
+        align_window: 20,
         ..common::tiny_config()
     });
 }

@@ -12,7 +12,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 
 mod shift;
-pub use shift::{align_by_templates, Alignment, ShiftKMeans};
+pub use shift::{align_by_templates, best_offsets, Alignment, ShiftKMeans};
 
 /// ε of reference whitening as a fraction of the mean background eigenvalue (the best of
 /// 0.03 / 0.1 / 0.3 / 1 in a numpy sweep on mnist-grass; docs/research/salient-encoder.md).
@@ -249,6 +249,44 @@ pub fn reference_whitening(
 /// Scales each row of `d` columns to unit length (rows of zeros stay zero).
 pub(crate) fn normalize_rows(x: &mut [f32], d: usize) {
     x.par_chunks_exact_mut(d).for_each(shift::normalise);
+}
+
+/// The ZCA reference whitening of [`reference_whitened_pixels`] as a fixed map, to apply to
+/// rows it was not fitted with: `(x − mean) · matrix`, `matrix` symmetric `d × d`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceZca {
+    pub mean: Vec<f32>,
+    pub matrix: Vec<f32>,
+}
+
+impl ReferenceZca {
+    pub fn fit(reference: &[f32], d: usize, shrinkage: f64) -> Result<Self, BaselineError> {
+        let basis = whitening_basis(reference, d, shrinkage)?;
+        Ok(Self {
+            mean: basis.mean.iter().map(|&m| m as f32).collect(),
+            matrix: basis.zca().iter().map(|&e| e as f32).collect(),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// The whitened rows of `x` (rows of [`ReferenceZca::dim`] columns).
+    pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>, BaselineError> {
+        let d = self.dim();
+        if d == 0 || !x.len().is_multiple_of(d) {
+            return Err(BaselineError::ShapeMismatch {
+                which: "rows",
+                len: x.len(),
+                n: x.len() / d.max(1),
+                d,
+            });
+        }
+        let mean: Vec<f64> = self.mean.iter().map(|&m| f64::from(m)).collect();
+        // Symmetric, so its row-major storage is also its columns.
+        Ok(project(x, d, &mean, &self.matrix))
+    }
 }
 
 /// Reference whitening in pixel coordinates (the ZCA form `(x − μ_b) V diag((λ + ε)^(-1/2)) Vᵀ`

@@ -35,6 +35,8 @@ pub struct Alignment {
     pub labels: Vec<usize>,
     /// Each image's best offset, (row, column) of the window's top-left pixel.
     pub offsets: Vec<(usize, usize)>,
+    /// The unit-norm templates, `clusters × window²` row-major.
+    pub templates: Vec<f32>,
     /// Sum over the images of their best normalised correlation.
     pub objective: f64,
 }
@@ -82,7 +84,7 @@ pub fn align_by_templates(
         });
     }
     let geometry = Geometry { h, w, window };
-    let mut best: Option<(f64, Vec<Best>)> = None;
+    let mut best: Option<(f64, Vec<Best>, Vec<Vec<f32>>)> = None;
     for restart in 0..restarts.max(1) {
         let mut rng =
             ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(restart as u64));
@@ -94,11 +96,11 @@ pub fn align_by_templates(
         }
         let objective: f64 = assigned.iter().map(|&(_, _, s)| f64::from(s)).sum();
         tracing::info!(restart, objective, "shift-invariant k-means restart done");
-        if best.as_ref().is_none_or(|(o, _)| objective > *o) {
-            best = Some((objective, assigned));
+        if best.as_ref().is_none_or(|(o, _, _)| objective > *o) {
+            best = Some((objective, assigned, templates));
         }
     }
-    let (objective, assigned) = best.expect("at least one restart ran");
+    let (objective, assigned, templates) = best.expect("at least one restart ran");
     let mut windows = vec![0.0f32; n * window * window];
     windows
         .par_chunks_exact_mut(window * window)
@@ -115,8 +117,52 @@ pub fn align_by_templates(
             .iter()
             .map(|&(_, o, _)| geometry.offset(o))
             .collect(),
+        templates: templates.concat(),
         objective,
     })
+}
+
+/// Each image's best offset, (row, column) of the window's top-left pixel, against fixed
+/// unit-norm `templates` (`clusters × window²` row-major, as [`Alignment::templates`]): the
+/// offset of the highest normalised correlation with any template. Ties go to the first offset
+/// in row-major order.
+pub fn best_offsets(
+    images: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    window: usize,
+    templates: &[f32],
+) -> Result<Vec<(usize, usize)>, BaselineError> {
+    let d = h * w;
+    if d == 0 {
+        return Err(BaselineError::ZeroDimension);
+    }
+    if images.len() != n * d {
+        return Err(BaselineError::ShapeMismatch {
+            which: "images",
+            len: images.len(),
+            n,
+            d,
+        });
+    }
+    if window == 0 || window > h.min(w) {
+        return Err(BaselineError::InvalidWindow { window, h, w });
+    }
+    let len = window * window;
+    if templates.is_empty() || !templates.len().is_multiple_of(len) {
+        return Err(BaselineError::ShapeMismatch {
+            which: "templates",
+            len: templates.len(),
+            n: templates.len() / len,
+            d: len,
+        });
+    }
+    let geometry = Geometry { h, w, window };
+    let templates: Vec<Vec<f32>> = templates.chunks_exact(len).map(<[f32]>::to_vec).collect();
+    Ok(assign(images, geometry, &templates)
+        .into_iter()
+        .map(|(_, o, _)| geometry.offset(o))
+        .collect())
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,8 @@
 //! ONNX export: one graph holding the whole inference path of a trained model, so that any
 //! ONNX Runtime can serve it with no salient code around it.
 //!
-//! `image` (uint8 N×C×H×W) → float → per-channel normalisation → salient encoder (batch norm
+//! `image` (uint8 N×C×H×W) → float → [the alignment front's object window, for models trained
+//! with `align_window`] → per-channel normalisation → salient encoder (batch norm
 //! folded into the convolutions and the head) → L2 normalisation → `embedding` (float32 N×d);
 //! nearest k-means centroid → `cluster_id` (int32 N) and its squared distance → `distance`
 //! (float32 N). The batch dimension is dynamic.
@@ -58,12 +59,18 @@ impl GraphBuilder {
         name
     }
 
-    /// An int64 initializer (shapes, axes).
+    /// A one-dimensional int64 initializer (shapes, axes).
     pub fn constant_i64(&mut self, hint: &str, data: &[i64]) -> String {
+        self.constant_i64_shaped(hint, &[data.len()], data)
+    }
+
+    /// An int64 initializer of any shape (indices).
+    pub fn constant_i64_shaped(&mut self, hint: &str, dims: &[usize], data: &[i64]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
         let name = self.fresh(hint);
         self.initializers.push(tensor(
             &name,
-            &[data.len()],
+            dims,
             DataType::INT64,
             data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ));
@@ -191,6 +198,11 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
         vec![attr_int("to", DataType::FLOAT as i64)],
         None,
     );
+    // The alignment front cuts the object window out of the image before the normalisation.
+    let (pixels, c) = match &model.alignment {
+        Some(front) => (front.export_onnx(&mut g, &pixels), 1),
+        None => (pixels, shape.channels),
+    };
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
     let shift: Vec<f32> = norm
         .mean
@@ -198,7 +210,6 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
         .zip(&norm.std)
         .map(|(m, s)| -m / s)
         .collect();
-    let c = shape.channels;
     let scale = g.constant_f32("input_scale", &[1, c, 1, 1], &scale);
     let shift = g.constant_f32("input_shift", &[1, c, 1, 1], &shift);
     let scaled = g.node("Mul", &[&pixels, &scale], vec![], None);
@@ -254,7 +265,12 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
         vec![value_info(
             INPUT_IMAGE,
             DataType::UINT8,
-            &[None, Some(c), Some(shape.height), Some(shape.width)],
+            &[
+                None,
+                Some(shape.channels),
+                Some(shape.height),
+                Some(shape.width),
+            ],
         )],
         vec![
             value_info(OUTPUT_EMBEDDING, DataType::FLOAT, &[None, Some(d)]),

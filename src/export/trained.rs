@@ -12,6 +12,9 @@ pub struct TrainedModel {
     /// IDFD, which has none.
     pub background: Option<Encoder>,
     pub centroids: Vec<f32>,
+    /// The alignment front (`align_window`), which cuts each image's object window before the
+    /// encoders; `None` when the model sees whole images.
+    pub alignment: Option<crate::alignment::AlignmentFront>,
 }
 
 impl TrainedModel {
@@ -60,6 +63,20 @@ impl TrainedModel {
         } else {
             None
         };
+        let alignment = match manifest.config.align_window {
+            0 => None,
+            window => Some(
+                crate::alignment::AlignmentFront::from_tensors(
+                    &tensors,
+                    manifest.input.shape,
+                    window,
+                )
+                .map_err(|message| Error::File {
+                    path: weights.clone(),
+                    message,
+                })?,
+            ),
+        };
         let has_background = tensors.keys().any(|k| k.starts_with("background."));
         let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
         let encoder_config = |dim| EncoderConfig {
@@ -97,6 +114,7 @@ impl TrainedModel {
             encoder,
             background,
             centroids,
+            alignment,
         })
     }
 
@@ -116,7 +134,14 @@ impl TrainedModel {
     }
 
     fn forward(&self, encoder: &Encoder, dim: usize, pixels: &[u8]) -> crate::Result<Vec<f32>> {
-        let shape = self.manifest.input.shape;
+        let windows;
+        let (pixels, shape) = match &self.alignment {
+            Some(front) => {
+                windows = front.crop(pixels)?;
+                (windows.as_slice(), front.window_shape())
+            }
+            None => (pixels, self.manifest.input.shape),
+        };
         let n = pixels.len() / shape.len().max(1);
         let mut out = Vec::with_capacity(n * dim);
         for start in (0..n).step_by(512) {

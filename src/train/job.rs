@@ -113,6 +113,29 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             target.len()
         )));
     }
+    // The alignment front replaces every image by its object window before anything else
+    // sees it: the normalisation, the whitening filter, the neighbours and the encoders.
+    let (front, target, reference) = match (config.align_window, &reference) {
+        (0, _) => (None, target, reference),
+        (window, Some(reference_set)) => {
+            let front = crate::alignment::AlignmentFront::fit(
+                &target,
+                reference_set,
+                window,
+                k,
+                config.seed,
+            )?;
+            let cropped = (front.crop_set(&target)?, front.crop_set(reference_set)?);
+            (Some(front), cropped.0, Some(cropped.1))
+        }
+        (_, None) => {
+            return Err(Error::Invalid(
+                "internal: align_window without a reference table".into(),
+            ))
+        }
+    };
+    let input_shape = shape;
+    let shape = target.shape;
     let norm = Normalization::fit(&target.pixels, shape);
     tracing::info!(
         device = %crate::device::name(&job.device),
@@ -307,9 +330,10 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     write_model(
         job,
         &trainer,
+        front.as_ref(),
         &fit.centroids,
         k,
-        shape,
+        input_shape,
         norm,
         &target,
         reference.as_ref(),
@@ -330,6 +354,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
 fn write_model(
     job: &TrainJob,
     trainer: &Trainer,
+    front: Option<&crate::alignment::AlignmentFront>,
     centroids: &[f32],
     k: usize,
     shape: crate::data::ImageShape,
@@ -344,6 +369,9 @@ fn write_model(
         CENTROIDS_TENSOR.into(),
         Tensor::from_slice(centroids, (k, d), &Device::Cpu)?,
     );
+    if let Some(front) = front {
+        tensors.extend(front.tensors()?);
+    }
     let weights = job.out.join(WEIGHTS_FILE);
     crate::atomic::write_bytes_atomically(&weights, &super::safetensors_bytes(&tensors)?)?;
     let name = job

@@ -506,7 +506,7 @@ impl Trainer {
             let s2 = self.salient.forward_t(&xt2, true)?;
             // The background rows of both views come from the target background bank: what
             // g_z last made of each image, so the correction costs no extra forward pass.
-            let background = match (&self.bank_zt, cfg.two_view_lambda != 0.0) {
+            let background = match (&self.bank_zt, cfg.two_view_lambda() != 0.0) {
                 (Some(bank), true) => {
                     let rows = |ids: &[usize]| -> Result<Tensor> {
                         let ids = Tensor::from_vec(
@@ -525,7 +525,7 @@ impl Trainer {
                 &s2,
                 background
                     .as_ref()
-                    .map(|(za, zb)| (cfg.two_view_lambda, za, zb)),
+                    .map(|(za, zb)| (cfg.two_view_lambda(), za, zb)),
                 cfg.two_view_tau,
             )?)
         } else {

@@ -126,7 +126,7 @@ fn the_two_view_background_correction_changes_training() {
     let reference = tiny_set(n, 5);
     let with = |lambda: f64| TrainConfig {
         two_view_weight: 1.0,
-        two_view_lambda: lambda,
+        two_view_lambda: Some(lambda),
         ..tiny_config()
     };
     let norm = Normalization::fit(&set.pixels, shape);
