@@ -23,9 +23,6 @@ pub const MEAN_TENSOR: &str = "align.mean";
 pub const WHITENING_TENSOR: &str = "align.whitening";
 pub const TEMPLATES_TENSOR: &str = "align.templates";
 
-/// Shift-invariant k-means rounds and restarts of the fit (as the neighbour search's).
-const ITERATIONS: usize = 15;
-const RESTARTS: usize = 3;
 /// The most pixels an image may have: the whitening is a dense `d × d` matrix.
 pub const MAX_PIXELS: usize = 64 * 64;
 
@@ -42,14 +39,15 @@ pub struct AlignmentFront {
 }
 
 impl AlignmentFront {
-    /// Fits the front: whitening on `reference`, then `clusters` templates on `target`.
+    /// Fits the front (whitening on `reference`, then `clusters` templates on `target`) and
+    /// returns it with `target` cut to its windows, at the offsets the fit already found.
     pub fn fit(
         target: &ImageSet,
         reference: &ImageSet,
         window: usize,
         clusters: usize,
         seed: u64,
-    ) -> Result<Self> {
+    ) -> Result<(Self, ImageSet)> {
         let shape = target.shape;
         check_geometry(shape, window)?;
         let d = shape.len();
@@ -62,18 +60,11 @@ impl AlignmentFront {
         let whitened = whitening
             .apply(&target.unit_pixels())
             .map_err(|e| Error::Invalid(format!("align_window: {e}")))?;
-        let settings = ShiftKMeans {
-            window,
-            clusters,
-            iterations: ITERATIONS,
-            restarts: RESTARTS,
-            seed,
-        };
         let aligned = align_by_templates(
             &whitened,
             target.len(),
             (shape.height, shape.width),
-            settings,
+            ShiftKMeans::suite(window, clusters, seed),
         )
         .map_err(|e| Error::Invalid(format!("align_window: {e}")))?;
         tracing::info!(
@@ -82,12 +73,14 @@ impl AlignmentFront {
             objective = aligned.objective,
             "fitted the alignment front"
         );
-        Ok(Self {
+        let front = Self {
             shape,
             window,
             whitening,
             templates: aligned.templates,
-        })
+        };
+        let windows = front.cropped_set(target, &aligned.offsets);
+        Ok((front, windows))
     }
 
     /// The shape of the windows the encoders see.
@@ -123,26 +116,34 @@ impl AlignmentFront {
 
     /// The aligned windows of decoded uint8 images, one after another.
     pub fn crop(&self, pixels: &[u8]) -> Result<Vec<u8>> {
-        let offsets = self.offsets(pixels)?;
+        Ok(self.crop_at(pixels, &self.offsets(pixels)?))
+    }
+
+    /// The set with every image replaced by its aligned window (ids and labels kept).
+    pub fn crop_set(&self, set: &ImageSet) -> Result<ImageSet> {
+        Ok(self.cropped_set(set, &self.offsets(&set.pixels)?))
+    }
+
+    /// The windows of `pixels` at `offsets`, one per image.
+    fn crop_at(&self, pixels: &[u8], offsets: &[(usize, usize)]) -> Vec<u8> {
         let (d, w, width) = (self.shape.len(), self.window, self.shape.width);
         let mut out = Vec::with_capacity(offsets.len() * w * w);
-        for (image, &(top, left)) in pixels.chunks_exact(d).zip(&offsets) {
+        for (image, &(top, left)) in pixels.chunks_exact(d).zip(offsets) {
             for r in 0..w {
                 let start = (top + r) * width + left;
                 out.extend_from_slice(&image[start..start + w]);
             }
         }
-        Ok(out)
+        out
     }
 
-    /// The set with every image replaced by its aligned window (ids and labels kept).
-    pub fn crop_set(&self, set: &ImageSet) -> Result<ImageSet> {
-        Ok(ImageSet {
+    fn cropped_set(&self, set: &ImageSet, offsets: &[(usize, usize)]) -> ImageSet {
+        ImageSet {
             shape: self.window_shape(),
             ids: set.ids.clone(),
             labels: set.labels.clone(),
-            pixels: self.crop(&set.pixels)?,
-        })
+            pixels: self.crop_at(&set.pixels, offsets),
+        }
     }
 
     /// The front's parameters as tensors, to store with the model's weights.
@@ -407,7 +408,7 @@ mod tests {
     fn fitting_gives_unit_templates_one_per_cluster_and_crops_at_the_fitted_offsets() {
         let (target, _) = images(120, true, 3);
         let (reference, _) = images(120, false, 4);
-        let front = AlignmentFront::fit(&target, &reference, WINDOW, 2, 0).unwrap();
+        let (front, fitted) = AlignmentFront::fit(&target, &reference, WINDOW, 2, 0).unwrap();
         assert_eq!(front.templates.len(), 2 * WINDOW * WINDOW);
         for t in front.templates.chunks_exact(WINDOW * WINDOW) {
             let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -419,6 +420,9 @@ mod tests {
         distinct.dedup();
         assert!(distinct.len() > 10, "{} distinct offsets", distinct.len());
         let cropped = front.crop(&target.pixels).unwrap();
+        // The windows the fit cut are those the fitted front cuts again.
+        assert_eq!(fitted.pixels, cropped);
+        assert_eq!(fitted.shape, ImageShape::new(1, WINDOW, WINDOW));
         let (top, left) = offsets[5];
         assert_eq!(
             cropped[5 * WINDOW * WINDOW + WINDOW + 2],

@@ -24,11 +24,6 @@ pub use crate::baselines::WHITENING_SHRINKAGE;
 /// Shift-invariant k-means' default window: the 28×28 frame of the bundled objects (MNIST and
 /// Fashion-MNIST), which the shifted datasets place at random offsets in 36×36 images.
 pub const DEFAULT_ALIGN_WINDOW: usize = 28;
-/// Assignment and update rounds of shift-invariant k-means per restart (the prototype's
-/// objective had settled by then: docs/research/salient-encoder.md).
-const ALIGN_ITERATIONS: usize = 15;
-/// Restarts of shift-invariant k-means; the best summed correlation wins.
-const ALIGN_RESTARTS: usize = 3;
 
 /// The methods `compare` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -259,13 +254,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                 }
                 CompareMethod::Tic => {
                     if let Some(z) = &whitened_pixels {
-                        let settings = ShiftKMeans {
-                            window,
-                            clusters: k,
-                            iterations: ALIGN_ITERATIONS,
-                            restarts: ALIGN_RESTARTS,
-                            seed,
-                        };
+                        let settings = ShiftKMeans::suite(window, k, seed);
                         let aligned = align_by_templates(
                             z,
                             target.len(),

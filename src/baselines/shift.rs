@@ -26,6 +26,22 @@ pub struct ShiftKMeans {
     pub seed: u64,
 }
 
+impl ShiftKMeans {
+    /// The settings salient uses everywhere it aligns (the `tic` baseline, aligned-window
+    /// neighbours, the alignment front): 15 rounds per restart (the prototype's objective had
+    /// settled by then: docs/research/salient-encoder.md) and 3 restarts, of which the highest
+    /// summed correlation wins.
+    pub fn suite(window: usize, clusters: usize, seed: u64) -> Self {
+        Self {
+            window,
+            clusters,
+            iterations: 15,
+            restarts: 3,
+            seed,
+        }
+    }
+}
+
 /// The winning restart of [`align_by_templates`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Alignment {
@@ -58,21 +74,8 @@ pub fn align_by_templates(
         restarts,
         seed,
     } = settings;
+    let geometry = Geometry::checked(images, n, (h, w), window)?;
     let d = h * w;
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    if images.len() != n * d {
-        return Err(BaselineError::ShapeMismatch {
-            which: "images",
-            len: images.len(),
-            n,
-            d,
-        });
-    }
-    if window == 0 || window > h.min(w) {
-        return Err(BaselineError::InvalidWindow { window, h, w });
-    }
     if clusters == 0 || clusters > n {
         return Err(BaselineError::InvalidClusters { clusters, n });
     }
@@ -83,7 +86,6 @@ pub fn align_by_templates(
             col: i % d,
         });
     }
-    let geometry = Geometry { h, w, window };
     let mut best: Option<(f64, Vec<Best>, Vec<Vec<f32>>)> = None;
     for restart in 0..restarts.max(1) {
         let mut rng =
@@ -133,21 +135,7 @@ pub fn best_offsets(
     window: usize,
     templates: &[f32],
 ) -> Result<Vec<(usize, usize)>, BaselineError> {
-    let d = h * w;
-    if d == 0 {
-        return Err(BaselineError::ZeroDimension);
-    }
-    if images.len() != n * d {
-        return Err(BaselineError::ShapeMismatch {
-            which: "images",
-            len: images.len(),
-            n,
-            d,
-        });
-    }
-    if window == 0 || window > h.min(w) {
-        return Err(BaselineError::InvalidWindow { window, h, w });
-    }
+    let geometry = Geometry::checked(images, n, (h, w), window)?;
     let len = window * window;
     if templates.is_empty() || !templates.len().is_multiple_of(len) {
         return Err(BaselineError::ShapeMismatch {
@@ -157,7 +145,6 @@ pub fn best_offsets(
             d: len,
         });
     }
-    let geometry = Geometry { h, w, window };
     let templates: Vec<Vec<f32>> = templates.chunks_exact(len).map(<[f32]>::to_vec).collect();
     Ok(assign(images, geometry, &templates)
         .into_iter()
@@ -173,6 +160,32 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of `n` images of `h × w` pixels, row-major in `images`, with windows of
+    /// side `window`, after checking that the three agree.
+    fn checked(
+        images: &[f32],
+        n: usize,
+        (h, w): (usize, usize),
+        window: usize,
+    ) -> Result<Self, BaselineError> {
+        let d = h * w;
+        if d == 0 {
+            return Err(BaselineError::ZeroDimension);
+        }
+        if images.len() != n * d {
+            return Err(BaselineError::ShapeMismatch {
+                which: "images",
+                len: images.len(),
+                n,
+                d,
+            });
+        }
+        if window == 0 || window > h.min(w) {
+            return Err(BaselineError::InvalidWindow { window, h, w });
+        }
+        Ok(Self { h, w, window })
+    }
+
     fn offsets(&self) -> usize {
         (self.h - self.window + 1) * (self.w - self.window + 1)
     }

@@ -199,9 +199,9 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
         None,
     );
     // The alignment front cuts the object window out of the image before the normalisation.
-    let (pixels, c) = match &model.alignment {
-        Some(front) => (front.export_onnx(&mut g, &pixels), 1),
-        None => (pixels, shape.channels),
+    let pixels = match &model.alignment {
+        Some(front) => front.export_onnx(&mut g, &pixels),
+        None => pixels,
     };
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
     let shift: Vec<f32> = norm
@@ -210,6 +210,7 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
         .zip(&norm.std)
         .map(|(m, s)| -m / s)
         .collect();
+    let c = shape.channels;
     let scale = g.constant_f32("input_scale", &[1, c, 1, 1], &scale);
     let shift = g.constant_f32("input_shift", &[1, c, 1, 1], &shift);
     let scaled = g.node("Mul", &[&pixels, &scale], vec![], None);

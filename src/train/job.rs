@@ -118,15 +118,15 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let (front, target, reference) = match (config.align_window, &reference) {
         (0, _) => (None, target, reference),
         (window, Some(reference_set)) => {
-            let front = crate::alignment::AlignmentFront::fit(
+            let (front, target_windows) = crate::alignment::AlignmentFront::fit(
                 &target,
                 reference_set,
                 window,
                 k,
                 config.seed,
             )?;
-            let cropped = (front.crop_set(&target)?, front.crop_set(reference_set)?);
-            (Some(front), cropped.0, Some(cropped.1))
+            let reference_windows = front.crop_set(reference_set)?;
+            (Some(front), target_windows, Some(reference_windows))
         }
         (_, None) => {
             return Err(Error::Invalid(

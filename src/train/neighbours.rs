@@ -17,11 +17,6 @@ use crate::baselines::{
 };
 use crate::error::{Error, Result};
 
-/// Assignment and update rounds, and restarts, of the shift-invariant k-means that aligns the
-/// windows (as `salient compare --methods tic`).
-const ALIGN_ITERATIONS: usize = 15;
-const ALIGN_RESTARTS: usize = 3;
-
 /// Each target image's `k` nearest neighbours (itself excluded), nearest first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Neighbours {
@@ -74,13 +69,7 @@ impl Neighbours {
             d,
             WHITENING_SHRINKAGE,
         )?;
-        let settings = ShiftKMeans {
-            window,
-            clusters,
-            iterations: ALIGN_ITERATIONS,
-            restarts: ALIGN_RESTARTS,
-            seed,
-        };
+        let settings = ShiftKMeans::suite(window, clusters, seed);
         let aligned = align_by_templates(
             &whitened,
             target.len(),
