@@ -222,11 +222,23 @@ pub(super) fn bn_normalize(
     y
 }
 
-/// The batch norm's backward pass: from its input x, the gradient dy reaching its output, its
-/// output y (for the ReLU's mask) and the forward statistics, writes dx into `dx` (every
-/// element) and returns (dγ, dβ). The sweeps are compiled for `simd`.
+/// What the batch norm's backward pass needs beyond the rows themselves: dγ and dβ, and
+/// per channel the coefficients of dx = a·g + b·x + d, with g = dy where the ReLU passed
+/// (everywhere without it).
+pub(super) struct BnBackward {
+    pub(super) dgamma: Vec<f32>,
+    pub(super) dbeta: Vec<f32>,
+    coef_g: Vec<f32>,
+    coef_x: Vec<f32>,
+    offset: Vec<f32>,
+    floor: f32,
+}
+
+/// The batch norm's backward pass, first half: one sweep over its input x, the gradient dy
+/// reaching its output and its output y (for the ReLU's mask) for dγ, dβ and the
+/// coefficients of dx ([`bn_backward_rows`] writes dx). Compiled for `simd`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn bn_backward_cpu(
+pub(super) fn bn_backward_coefficients(
     simd: Simd,
     (x, dy, y): (&[f32], &[f32], &[f32]),
     (n, c): (usize, usize),
@@ -234,14 +246,21 @@ pub(super) fn bn_backward_cpu(
     (mean, var): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
-    dx: &mut [MaybeUninit<f32>],
-) -> (Vec<f32>, Vec<f32>) {
-    if n * c == 0 {
-        return (vec![0.0; c], vec![0.0; c]);
-    }
+) -> BnBackward {
     // The gradient reaching the batch norm's output is dy where y > floor: everywhere
     // without the ReLU, where the ReLU passed its input with it.
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    if n * c == 0 {
+        let zeros = vec![0.0; c];
+        return BnBackward {
+            dgamma: zeros.clone(),
+            dbeta: zeros.clone(),
+            coef_g: zeros.clone(),
+            coef_x: zeros.clone(),
+            offset: zeros,
+            floor,
+        };
+    }
     let (mean, gamma) = (&mean[..c], &gamma[..c]);
     let invstd: Vec<f32> = var[..c]
         .iter()
@@ -277,29 +296,76 @@ pub(super) fn bn_backward_cpu(
     let offset: Vec<f32> = (0..c)
         .map(|j| -k[j] * dbeta[j] - coef_x[j] * mean[j])
         .collect();
-    let (coef_g, coef_x, offset) = (&coef_g[..c], &coef_x[..c], &offset[..c]);
-    dx.par_chunks_mut(ROWS * c)
-        .zip(x.par_chunks(ROWS * c))
-        .zip(dy.par_chunks(ROWS * c).zip(y.par_chunks(ROWS * c)))
-        .for_each(|((dxs, xs), (ds, ys))| {
-            simd.run(|| {
-                let rows = xs
-                    .chunks_exact(c)
-                    .zip(ds.chunks_exact(c))
-                    .zip(ys.chunks_exact(c));
-                for (out, ((xr, dr), yr)) in dxs.chunks_exact_mut(c).zip(rows) {
-                    let columns = coef_g.iter().zip(coef_x).zip(offset);
-                    let values = xr.iter().zip(dr).zip(yr);
-                    for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in
-                        out.iter_mut().zip(columns).zip(values)
-                    {
-                        let g = if yv > floor { dv } else { 0.0 };
-                        o.write(a * g + b * xv + d);
-                    }
-                }
-            })
-        });
-    (dgamma, dbeta)
+    BnBackward {
+        dgamma,
+        dbeta,
+        coef_g,
+        coef_x,
+        offset,
+        floor,
+    }
+}
+
+/// The batch norm's backward pass, second half, on some rows of (x, dy, y): writes every
+/// element of their dx, on the calling thread. Always inlined, so that it gets the target
+/// features of the caller's [`Simd::run`].
+#[inline(always)]
+pub(super) fn bn_backward_rows(
+    coefficients: &BnBackward,
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    dx: &mut [MaybeUninit<f32>],
+) {
+    let BnBackward {
+        coef_g,
+        coef_x,
+        offset,
+        floor,
+        ..
+    } = coefficients;
+    let c = coef_g.len();
+    if c == 0 {
+        return;
+    }
+    let rows = x
+        .chunks_exact(c)
+        .zip(dy.chunks_exact(c))
+        .zip(y.chunks_exact(c));
+    for (out, ((xr, dr), yr)) in dx.chunks_exact_mut(c).zip(rows) {
+        let columns = coef_g.iter().zip(coef_x).zip(offset);
+        let values = xr.iter().zip(dr).zip(yr);
+        for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in out.iter_mut().zip(columns).zip(values) {
+            let g = if yv > *floor { dv } else { 0.0 };
+            o.write(a * g + b * xv + d);
+        }
+    }
+}
+
+/// The batch norm's whole backward pass: from its input x, the gradient dy reaching its
+/// output, its output y (for the ReLU's mask) and the forward statistics, writes dx into `dx`
+/// (every element) and returns (dγ, dβ). The sweeps are compiled for `simd`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bn_backward_cpu(
+    simd: Simd,
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (n, c): (usize, usize),
+    gamma: &[f32],
+    (mean, var): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+    dx: &mut [MaybeUninit<f32>],
+) -> (Vec<f32>, Vec<f32>) {
+    let coefficients =
+        bn_backward_coefficients(simd, (x, dy, y), (n, c), gamma, (mean, var), eps, relu);
+    if n * c > 0 {
+        let chunk = ROWS * c;
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(dy.par_chunks(chunk).zip(y.par_chunks(chunk)))
+            .for_each(|((dxs, xs), (ds, ys))| {
+                simd.run(|| bn_backward_rows(&coefficients, (xs, ds, ys), dxs))
+            });
+    }
+    (coefficients.dgamma, coefficients.dbeta)
 }
 
 impl CustomOp3 for BatchNormRows {

@@ -9,7 +9,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul_into, matmul_vec};
+use super::gemm::{matmul_add_into, matmul_into, matmul_vec};
 use super::im2col::{col2im_add_images, im2col_images, Col2Im, Im2Col};
 use super::simd::Simd;
 use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
@@ -38,13 +38,23 @@ pub(super) fn conv_forward_cpu(
     cout: usize,
     g: ConvGeometry,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    let (out, cols, _) = conv_forward_cpu_then(x, dims, wt, cout, g, |_| ())?;
+    let (out, cols, _) = conv_forward_cpu_then(x, dims, wt, cout, g, KeepColumns::Yes, |_| ())?;
     Ok((out, cols))
+}
+
+/// Whether the forward convolution returns its im2col matrix for the backward pass, or
+/// builds each task's columns in a buffer its thread reuses (the backward then builds them
+/// again: [`conv_backward_recomputing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeepColumns {
+    Yes,
+    No,
 }
 
 /// [`conv_forward_cpu`], calling `after` on each task's output rows right after its product,
 /// while they are still in cache; returns its results in task order (none when the output is
-/// empty).
+/// empty). The im2col matrix comes back only with [`KeepColumns::Yes`] (and never for
+/// pointwise convolutions, whose im2col matrix is `x`).
 #[allow(clippy::type_complexity)]
 pub(super) fn conv_forward_cpu_then<T: Send>(
     x: &[f32],
@@ -52,6 +62,7 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
     wt: &[f32],
     cout: usize,
     g: ConvGeometry,
+    keep: KeepColumns,
     after: impl Fn(&[f32]) -> T + Sync,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>, Vec<T>)> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
@@ -66,7 +77,7 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
         );
     }
     if m * cout * k == 0 {
-        let cols = (!g.is_pointwise()).then(|| vec![0f32; m * k]);
+        let cols = (!g.is_pointwise() && keep == KeepColumns::Yes).then(|| vec![0f32; m * k]);
         return Ok((vec![0f32; m * cout], cols, Vec::new()));
     }
     let per_task = images_per_task(b, rows_per_image);
@@ -81,6 +92,17 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
             .zip(x.par_chunks(per_task * rows_per_image * k))
             .map(|(dst, xs)| {
                 matmul_into(dst, (xs.len() / k, cout, k), xs, (k, 1), wt, (cout, 1))?;
+                Ok(finish(dst))
+            })
+            .collect::<Result<Vec<T>>>()?;
+        (None, results)
+    } else if keep == KeepColumns::No {
+        let results = out_tasks
+            .zip(x.par_chunks(per_task * h * w * c))
+            .map_init(Vec::new, |scratch: &mut Vec<f32>, (dst, images)| {
+                let rows = dst.len() / cout;
+                let task_cols = im2col_into(scratch, images, (h, w, c), g, rows * k, simd);
+                matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))?;
                 Ok(finish(dst))
             })
             .collect::<Result<Vec<T>>>()?;
@@ -191,6 +213,168 @@ pub(super) fn conv_backward_cpu(
             simd.run(|| col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx));
             Ok(())
         })
+}
+
+/// im2col of `images` into `scratch` (grown to `len` elements when needed; its contents are
+/// overwritten), returning the `len` columns written.
+fn im2col_into<'a>(
+    scratch: &'a mut Vec<f32>,
+    images: &[f32],
+    hwc: (usize, usize, usize),
+    g: ConvGeometry,
+    len: usize,
+    simd: Simd,
+) -> &'a [f32] {
+    scratch.clear();
+    scratch.reserve(len);
+    let cols = &mut scratch.spare_capacity_mut()[..len];
+    simd.run(|| im2col_images(images, hwc, g, cols));
+    // SAFETY: im2col_images wrote every element of `cols`.
+    unsafe { assume_init(cols) }
+}
+
+/// What one part of [`conv_backward_recomputing`] carries from task to task: its share of dW
+/// and buffers it reuses.
+struct BackwardScratch {
+    dw: Vec<f32>,
+    dy: Vec<f32>,
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+}
+
+/// Backward convolution on the CPU without the forward pass's im2col matrix
+/// ([`KeepColumns::No`]), blocked by images as the forward pass: each task gets its rows of
+/// dY from `dy_rows` (the fused node computes them there, from the batch norm's backward),
+/// builds its im2col columns again, adds colsᵀ·dY to its part's share of dW and writes its
+/// images' dX = col2im(dY·Wᵀ), all while the task's rows are in cache; the parts' shares of
+/// dW are added at the end. Neither the (B·OH·OW, K·K·C_in) columns nor the (B·OH·OW, C_out) dY exist
+/// whole. Returns dX (B·H·W·C_in, only when `need_dx`), dW (K·K·C_in·C_out), then `tail`, as
+/// [`conv_backward_packed`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_backward_recomputing(
+    x: &[f32],
+    (b, h, w, c): Dims4,
+    wt: &[f32],
+    cout: usize,
+    g: ConvGeometry,
+    need_dx: bool,
+    tail: &[f32],
+    dy_rows: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+) -> Result<Vec<f32>> {
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
+    let m = b * rows_per_image;
+    if x.len() != b * h * w * c || wt.len() != k * cout {
+        candle_core::bail!(
+            "conv backward: input of {} and weight of {} do not fit {:?} and {cout} channels out",
+            x.len(),
+            wt.len(),
+            (b, h, w, c)
+        );
+    }
+    let (dx_len, dw_len) = (if need_dx { x.len() } else { 0 }, wt.len());
+    let len = dx_len + dw_len + tail.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(dx_len);
+    let (dwt, rest) = rest.split_at_mut(dw_len);
+    for (d, &v) in rest.iter_mut().zip(tail) {
+        d.write(v);
+    }
+    if m * cout * k == 0 {
+        dx.fill(MaybeUninit::new(0.0));
+        dwt.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element was just written.
+        unsafe { out.set_len(len) };
+        return Ok(out);
+    }
+    let per_task = images_per_task(b, rows_per_image);
+    let simd = Simd::current();
+    let task = |scratch: &mut BackwardScratch,
+                t: usize,
+                dx: Option<&mut [MaybeUninit<f32>]>|
+     -> Result<()> {
+        let images = t * per_task..((t + 1) * per_task).min(b);
+        let rows = images.start * rows_per_image..images.end * rows_per_image;
+        let n = rows.len();
+        let dy = {
+            scratch.dy.clear();
+            scratch.dy.reserve(n * cout);
+            let dy = &mut scratch.dy.spare_capacity_mut()[..n * cout];
+            dy_rows(rows, dy);
+            // SAFETY: dy_rows writes every element it is given.
+            unsafe { assume_init(dy) }
+        };
+        let x_images = &x[images.start * h * w * c..images.end * h * w * c];
+        let cols = if g.is_pointwise() {
+            x_images
+        } else {
+            im2col_into(&mut scratch.cols, x_images, (h, w, c), g, n * k, simd)
+        };
+        // dW += colsᵀ · dY (cols is (n, k) row-major, read transposed).
+        matmul_add_into(&mut scratch.dw, (k, cout, n), cols, (1, k), dy, (cout, 1))?;
+        let Some(dx) = dx else {
+            return Ok(());
+        };
+        // dX = col2im(dY · Wᵀ) (wt is (k, C_out) row-major, read transposed).
+        if g.is_pointwise() {
+            return matmul_into(dx, (n, k, cout), dy, (cout, 1), wt, (1, cout));
+        }
+        scratch.dcols.clear();
+        scratch.dcols.reserve(n * k);
+        let dcols = &mut scratch.dcols.spare_capacity_mut()[..n * k];
+        matmul_into(dcols, (n, k, cout), dy, (cout, 1), wt, (1, cout))?;
+        // SAFETY: matmul_into wrote every element of dcols.
+        let dcols = unsafe { assume_init(dcols) };
+        dx.fill(MaybeUninit::new(0.0));
+        // SAFETY: just filled.
+        let dx = unsafe { assume_init_mut(dx) };
+        simd.run(|| col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx));
+        Ok(())
+    };
+    // One part of consecutive tasks per thread, each with its own share of dW: a fixed
+    // partition, so that dW is summed in the same order on every run.
+    let tasks = b.div_ceil(per_task);
+    let tasks_per_part = tasks.div_ceil(rayon::current_num_threads().clamp(1, tasks));
+    let part = |p: usize, dx: Option<&mut [MaybeUninit<f32>]>| -> Result<Vec<f32>> {
+        let mut scratch = BackwardScratch {
+            dw: vec![0f32; k * cout],
+            dy: Vec::new(),
+            cols: Vec::new(),
+            dcols: Vec::new(),
+        };
+        let first = p * tasks_per_part;
+        match dx {
+            Some(dx) => {
+                for (t, dx) in dx.chunks_mut(per_task * h * w * c).enumerate() {
+                    task(&mut scratch, first + t, Some(dx))?;
+                }
+            }
+            None => {
+                for t in first..(first + tasks_per_part).min(tasks) {
+                    task(&mut scratch, t, None)?;
+                }
+            }
+        }
+        Ok(scratch.dw)
+    };
+    let shares: Vec<Vec<f32>> = if need_dx {
+        dx.par_chunks_mut(tasks_per_part * per_task * h * w * c)
+            .enumerate()
+            .map(|(p, dx)| part(p, Some(dx)))
+            .collect::<Result<_>>()?
+    } else {
+        (0..tasks.div_ceil(tasks_per_part))
+            .into_par_iter()
+            .map(|p| part(p, None))
+            .collect::<Result<_>>()?
+    };
+    for (j, d) in dwt.iter_mut().enumerate() {
+        d.write(shares.iter().map(|share| share[j]).sum());
+    }
+    // SAFETY: the tasks wrote all of dX (each its own images), the loop above dW, and the
+    // tail was written first.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// [`conv_backward_cpu`] into one flat buffer, as the backward ops return it: dX

@@ -4,15 +4,19 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::batch_norm::{block_moments, bn_backward_cpu, bn_normalize, combine_moments};
-use super::conv::{conv_backward_packed, conv_forward_cpu_then, conv_rows, split_conv_grads};
+use super::batch_norm::{
+    block_moments, bn_backward_coefficients, bn_backward_rows, bn_normalize, combine_moments,
+};
+use super::conv::{
+    conv_backward_recomputing, conv_forward_cpu_then, conv_rows, split_conv_grads, KeepColumns,
+};
 use super::simd::Simd;
 use super::{dims4, f32_contiguous, ConvGeometry};
 
-/// What a fused convolution + batch norm keeps from its forward pass for the backward.
+/// What a fused convolution + batch norm keeps from its forward pass for the backward. Not
+/// the im2col matrix: the backward builds each task's columns again while they are in cache,
+/// which is cheaper than writing the whole matrix to memory and reading it back.
 pub(super) struct ConvBnSaved {
-    /// The im2col matrix (None for pointwise convolutions: x is that matrix).
-    cols: Option<Vec<f32>>,
     /// The convolution's output, the batch norm's input.
     conv_out: Vec<f32>,
     /// The weight matrix (K·K·C_in, C_out) and γ the forward pass used.
@@ -25,8 +29,8 @@ pub(super) struct ConvBnSaved {
 /// A CPU convolution followed by training-mode batch norm (and ReLU when `relu`) as one
 /// autograd node over (x (B, H, W, C_in), wt (K·K·C_in, C_out), γβ (2, C_out)). As two nodes,
 /// candle's autograd zero-filled a gradient buffer the size of the convolution's output and
-/// added the batch norm's input gradient into it, every layer; here that gradient lives only
-/// inside the backward pass.
+/// added the batch norm's input gradient into it, every layer; here that gradient exists only
+/// a task's rows at a time, inside the backward pass.
 pub(super) struct ConvBnCpu {
     geometry: ConvGeometry,
     eps: f64,
@@ -64,8 +68,8 @@ impl CustomOp3 for ConvBnCpu {
         // The batch statistics come from each convolution task's output while it is still in
         // cache, which saves the batch norm two passes over the whole output.
         let simd = Simd::current();
-        let (conv_out, cols, blocks) =
-            conv_forward_cpu_then(x, dims, wt, cout, self.geometry, |rows| {
+        let (conv_out, _, blocks) =
+            conv_forward_cpu_then(x, dims, wt, cout, self.geometry, KeepColumns::No, |rows| {
                 block_moments(simd, rows, cout)
             })?;
         let (mean, var) = combine_moments(&blocks, cout);
@@ -84,7 +88,6 @@ impl CustomOp3 for ConvBnCpu {
         );
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some(ConvBnSaved {
-                cols,
                 conv_out,
                 wt: wt.to_vec(),
                 gamma: gamma.to_vec(),
@@ -160,32 +163,38 @@ impl CustomOp3 for ConvBnCpuBackward {
         if saved.conv_out.len() != m * cout || y.len() != m * cout {
             candle_core::bail!("conv-bn backward: gradient does not match the forward pass");
         }
-        // The batch norm's input gradient, which is the convolution's output gradient.
-        let mut dconv: Vec<f32> = Vec::with_capacity(m * cout);
-        let (dgamma, dbeta) = bn_backward_cpu(
-            Simd::current(),
+        // dγ, dβ and the coefficients of the batch norm's input gradient in one sweep; that
+        // gradient, the convolution's output gradient, is then computed task by task inside
+        // the convolution's backward, where its rows are used.
+        let simd = Simd::current();
+        let coefficients = bn_backward_coefficients(
+            simd,
             (&saved.conv_out, dy, y),
             (m, cout),
             &saved.gamma,
             (&saved.mean, &saved.var),
             self.eps,
             self.relu,
-            &mut dconv.spare_capacity_mut()[..m * cout],
         );
-        // SAFETY: bn_backward_cpu wrote all m·C_out elements.
-        unsafe { dconv.set_len(m * cout) };
-        let tail: Vec<f32> = dgamma.into_iter().chain(dbeta).collect();
-        let cols = saved.cols.as_deref();
-        let out = conv_backward_packed(
-            &dconv,
-            &saved.wt,
+        let tail: Vec<f32> = coefficients
+            .dgamma
+            .iter()
+            .chain(&coefficients.dbeta)
+            .copied()
+            .collect();
+        let out = conv_backward_recomputing(
             x,
             dims,
+            &saved.wt,
             cout,
             self.geometry,
-            cols,
-            &tail,
             self.need_dx,
+            &tail,
+            |rows, dconv| {
+                let r = rows.start * cout..rows.end * cout;
+                let inputs = (&saved.conv_out[r.clone()], &dy[r.clone()], &y[r]);
+                simd.run(|| bn_backward_rows(&coefficients, inputs, dconv));
+            },
         )?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

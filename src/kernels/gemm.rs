@@ -12,17 +12,55 @@ use candle_core::Result;
 /// crate candle's own CPU matmul calls.
 pub(super) fn matmul_into(
     dst: &mut [MaybeUninit<f32>],
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
+) -> Result<()> {
+    let len = dst.len();
+    product(
+        (dst.as_mut_ptr().cast(), len),
+        shape,
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        false,
+    )
+}
+
+/// [`matmul_into`] that adds the product to `dst` instead of overwriting it.
+pub(super) fn matmul_add_into(
+    dst: &mut [f32],
+    shape: (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) -> Result<()> {
+    let len = dst.len();
+    product(
+        (dst.as_mut_ptr(), len),
+        shape,
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        true,
+    )
+}
+
+/// dst = lhs · rhs, or dst += lhs · rhs when `accumulate`, single-threaded. `dst` is the
+/// pointer and length of a slice that only this call uses, uninitialised unless `accumulate`.
+fn product(
+    (dst, dst_len): (*mut f32, usize),
+    (m, n, k): (usize, usize, usize),
+    (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (&[f32], (usize, usize)),
+    accumulate: bool,
 ) -> Result<()> {
     // The last element each operand is read at must lie inside it: gemm takes raw pointers.
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
         (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
     };
-    if dst.len() != m * n
+    if dst_len != m * n
         || (m * k > 0 && last(m, k, lhs_rs, lhs_cs) >= lhs.len())
         || (k * n > 0 && last(k, n, rhs_rs, rhs_cs) >= rhs.len())
     {
@@ -30,29 +68,30 @@ pub(super) fn matmul_into(
             "matmul_into: ({m}×{k})·({k}×{n}) does not fit operands of {} and {} and a result of {}",
             lhs.len(),
             rhs.len(),
-            dst.len()
+            dst_len
         );
     }
     // SAFETY: the bounds were checked above; dst is a distinct &mut slice of m·n elements,
     // written row-major (row stride n, column stride 1). With read_dst = false gemm never
     // reads dst (alpha is zero: every path, k = 0 included, stores without loading), so
-    // uninitialised memory is fine; every element is written.
+    // uninitialised memory is fine; every element is written. With read_dst = true and
+    // alpha = 1 it adds the product to dst.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<f32>(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

@@ -213,20 +213,25 @@ mod tests {
 
     /// The fused convolution + batch norm node equals the portable convolution followed by
     /// candle's batch norm ops, forward (output and statistics) and backward (x, W, γ, β).
+    /// Batch 7 of 6×6 runs two tasks of unequal size; batch 5 of 20×20 (400 output rows per
+    /// image) one image per task, more tasks than threads, so the backward's shares of dW
+    /// are summed across tasks and threads.
     #[test]
     fn fused_conv_batch_norm_matches_the_composition() {
-        for (relu, (kernel, stride, padding)) in [
-            (true, (3, 1, 1)),
-            (false, (3, 2, 1)),
-            (true, (1, 2, 0)),
-            (false, (1, 1, 0)),
+        for (relu, (kernel, stride, padding), (batch, side)) in [
+            (true, (3, 1, 1), (7, 6)),
+            (false, (3, 2, 1), (7, 6)),
+            (true, (1, 2, 0), (7, 6)),
+            (false, (1, 1, 0), (7, 6)),
+            (true, (3, 1, 1), (5, 20)),
+            (false, (1, 1, 0), (5, 20)),
         ] {
             let geometry = ConvGeometry {
                 kernel,
                 stride,
                 padding,
             };
-            let x = Var::from_tensor(&random(&[7, 6, 6, 3], 11)).unwrap();
+            let x = Var::from_tensor(&random(&[batch, side, side, 3], 11)).unwrap();
             let w = Var::from_tensor(&random(&[4, 3, kernel, kernel], 12)).unwrap();
             let gamma = Var::from_tensor(&random(&[4], 13)).unwrap();
             let beta = Var::from_tensor(&random(&[4], 14)).unwrap();
@@ -246,7 +251,7 @@ mod tests {
                 conv2d_nhwc_rows_portable(x.as_tensor(), w.as_tensor(), geometry).unwrap();
             let (reference, m, v) =
                 batch_norm_reference(&rows, gamma.as_tensor(), beta.as_tensor(), eps, relu);
-            let case = format!("{geometry:?} relu {relu}");
+            let case = format!("{geometry:?} relu {relu} batch {batch} of {side}x{side}");
             assert_eq!(dims, ref_dims, "{case}");
             assert_eq!(ours.dims(), reference.dims(), "{case}");
             assert!(max_diff(&ours, &reference) < 1e-4, "{case}: forward");
