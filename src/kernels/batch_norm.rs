@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_contiguous;
@@ -175,33 +175,54 @@ pub(super) fn bn_forward_cpu(
         return (Vec::new(), vec![0.0; c], vec![0.0; c]);
     }
     let (mean, var) = moments(simd, x, n, c);
-    let y = bn_normalize(simd, x, (n, c), gamma, beta, eps, relu, (&mean, &var));
+    let affine = BnAffine::new(gamma, beta, eps, (&mean, &var));
+    let y = bn_normalize(simd, x, (n, c), &affine, relu);
     (y, mean, var)
 }
 
-/// y = (x − mean)·invstd·γ + β for (N, C) rows, then ReLU when `relu`, with given
-/// per-column statistics; compiled for `simd`.
-#[allow(clippy::too_many_arguments)]
+/// A training-mode batch norm's per-channel map y = x·scale + shift, with scale = γ·invstd and
+/// shift = β − mean·scale, from the batch statistics. The backward pass builds it again to
+/// find where the ReLU passed its input (x·scale + shift > 0, the same floats as the forward
+/// pass), instead of reading the output back.
+#[derive(Clone, Debug)]
+pub(super) struct BnAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl BnAffine {
+    pub(super) fn new(
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f64,
+        (mean, var): (&[f32], &[f32]),
+    ) -> Self {
+        let scale: Vec<f32> = var
+            .iter()
+            .zip(gamma)
+            .map(|(&v, &g)| g / (v as f64 + eps).sqrt() as f32)
+            .collect();
+        let shift = beta
+            .iter()
+            .zip(mean)
+            .zip(&scale)
+            .map(|((&b, &m), &a)| b - m * a)
+            .collect();
+        Self { scale, shift }
+    }
+}
+
+/// y = x·scale + shift for (N, C) rows, then ReLU when `relu`; compiled for `simd`.
 pub(super) fn bn_normalize(
     simd: Simd,
     x: &[f32],
     (n, c): (usize, usize),
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f64,
+    BnAffine { scale, shift }: &BnAffine,
     relu: bool,
-    (mean, var): (&[f32], &[f32]),
 ) -> Vec<f32> {
     if n * c == 0 {
         return Vec::new();
     }
-    // y = x·scale + shift, with scale = γ·invstd and shift = β − mean·scale.
-    let scale: Vec<f32> = var
-        .iter()
-        .zip(gamma)
-        .map(|(&v, &g)| g / (v as f64 + eps).sqrt() as f32)
-        .collect();
-    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
     let mut y: Vec<f32> = Vec::with_capacity(n * c);
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
     y.spare_capacity_mut()[..n * c]
@@ -210,7 +231,7 @@ pub(super) fn bn_normalize(
         .for_each(|(ys, xs)| {
             simd.run(|| {
                 for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
-                    let columns = scale.iter().zip(&shift);
+                    let columns = scale.iter().zip(shift);
                     for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(columns) {
                         y.write((x * a + b).max(floor));
                     }
@@ -224,31 +245,33 @@ pub(super) fn bn_normalize(
 
 /// What the batch norm's backward pass needs beyond the rows themselves: dγ and dβ, and
 /// per channel the coefficients of dx = a·g + b·x + d, with g = dy where the ReLU passed
-/// (everywhere without it).
+/// (where x·scale + shift > 0; everywhere without the ReLU).
 pub(super) struct BnBackward {
     pub(super) dgamma: Vec<f32>,
     pub(super) dbeta: Vec<f32>,
     coef_g: Vec<f32>,
     coef_x: Vec<f32>,
     offset: Vec<f32>,
+    affine: BnAffine,
     floor: f32,
 }
 
-/// The batch norm's backward pass, first half: one sweep over its input x, the gradient dy
-/// reaching its output and its output y (for the ReLU's mask) for dγ, dβ and the
-/// coefficients of dx ([`bn_backward_rows`] writes dx). Compiled for `simd`.
+/// The batch norm's backward pass, first half: one sweep over its input x and the gradient
+/// dy reaching its output for dγ, dβ and the coefficients of dx ([`bn_backward_rows`] writes
+/// dx). `affine` is the forward pass's map, for the ReLU's mask. Compiled for `simd`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bn_backward_coefficients(
     simd: Simd,
-    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (x, dy): (&[f32], &[f32]),
     (n, c): (usize, usize),
+    affine: BnAffine,
     gamma: &[f32],
     (mean, var): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
 ) -> BnBackward {
-    // The gradient reaching the batch norm's output is dy where y > floor: everywhere
-    // without the ReLU, where the ReLU passed its input with it.
+    // The gradient reaching the batch norm's output is dy where x·scale + shift > floor:
+    // everywhere without the ReLU, where the ReLU passed its input with it.
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
     if n * c == 0 {
         let zeros = vec![0.0; c];
@@ -258,9 +281,11 @@ pub(super) fn bn_backward_coefficients(
             coef_g: zeros.clone(),
             coef_x: zeros.clone(),
             offset: zeros,
+            affine,
             floor,
         };
     }
+    let (scale, shift) = (&affine.scale[..c], &affine.shift[..c]);
     let (mean, gamma) = (&mean[..c], &gamma[..c]);
     let invstd: Vec<f32> = var[..c]
         .iter()
@@ -271,15 +296,14 @@ pub(super) fn bn_backward_coefficients(
     let sums = column_sums(simd, n, 2 * c, |rows, acc| {
         let (sum_g, sum_gx) = acc.split_at_mut(c);
         let r = rows.start * c..rows.end * c;
-        let (xs, ds, ys) = (&x[r.clone()], &dy[r.clone()], &y[r]);
-        for ((xr, dr), yr) in xs
-            .chunks_exact(c)
-            .zip(ds.chunks_exact(c))
-            .zip(ys.chunks_exact(c))
-        {
-            let columns = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(mean);
-            for (((sg, sgx), &m), ((&xv, &dv), &yv)) in columns.zip(xr.iter().zip(dr).zip(yr)) {
-                let g = if yv > floor { dv } else { 0.0 };
+        let (xs, ds) = (&x[r.clone()], &dy[r]);
+        for (xr, dr) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
+            let sums = sum_g.iter_mut().zip(sum_gx.iter_mut());
+            let columns = mean.iter().zip(scale).zip(shift);
+            for ((sg, sgx), (((&m, &a), &b), (&xv, &dv))) in
+                sums.zip(columns.zip(xr.iter().zip(dr)))
+            {
+                let g = if xv * a + b > floor { dv } else { 0.0 };
                 *sg += g;
                 *sgx += g * (xv - m);
             }
@@ -302,23 +326,25 @@ pub(super) fn bn_backward_coefficients(
         coef_g,
         coef_x,
         offset,
+        affine,
         floor,
     }
 }
 
-/// The batch norm's backward pass, second half, on some rows of (x, dy, y): writes every
+/// The batch norm's backward pass, second half, on some rows of (x, dy): writes every
 /// element of their dx, on the calling thread. Always inlined, so that it gets the target
 /// features of the caller's [`Simd::run`].
 #[inline(always)]
 pub(super) fn bn_backward_rows(
     coefficients: &BnBackward,
-    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (x, dy): (&[f32], &[f32]),
     dx: &mut [MaybeUninit<f32>],
 ) {
     let BnBackward {
         coef_g,
         coef_x,
         offset,
+        affine: BnAffine { scale, shift },
         floor,
         ..
     } = coefficients;
@@ -326,43 +352,44 @@ pub(super) fn bn_backward_rows(
     if c == 0 {
         return;
     }
-    let rows = x
-        .chunks_exact(c)
-        .zip(dy.chunks_exact(c))
-        .zip(y.chunks_exact(c));
-    for (out, ((xr, dr), yr)) in dx.chunks_exact_mut(c).zip(rows) {
-        let columns = coef_g.iter().zip(coef_x).zip(offset);
-        let values = xr.iter().zip(dr).zip(yr);
-        for ((o, ((&a, &b), &d)), ((&xv, &dv), &yv)) in out.iter_mut().zip(columns).zip(values) {
-            let g = if yv > *floor { dv } else { 0.0 };
+    let rows = x.chunks_exact(c).zip(dy.chunks_exact(c));
+    for (out, (xr, dr)) in dx.chunks_exact_mut(c).zip(rows) {
+        let mask = scale.iter().zip(shift);
+        let columns = coef_g.iter().zip(coef_x).zip(offset).zip(mask);
+        let values = xr.iter().zip(dr);
+        for ((o, (((&a, &b), &d), (&sa, &sb))), (&xv, &dv)) in
+            out.iter_mut().zip(columns).zip(values)
+        {
+            let g = if xv * sa + sb > *floor { dv } else { 0.0 };
             o.write(a * g + b * xv + d);
         }
     }
 }
 
 /// The batch norm's whole backward pass: from its input x, the gradient dy reaching its
-/// output, its output y (for the ReLU's mask) and the forward statistics, writes dx into `dx`
-/// (every element) and returns (dγ, dβ). The sweeps are compiled for `simd`.
+/// output, γ, β and the forward statistics, writes dx into `dx` (every element) and returns
+/// (dγ, dβ). The sweeps are compiled for `simd`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bn_backward_cpu(
     simd: Simd,
-    (x, dy, y): (&[f32], &[f32], &[f32]),
+    (x, dy): (&[f32], &[f32]),
     (n, c): (usize, usize),
-    gamma: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     (mean, var): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
     dx: &mut [MaybeUninit<f32>],
 ) -> (Vec<f32>, Vec<f32>) {
+    let affine = BnAffine::new(gamma, beta, eps, (mean, var));
     let coefficients =
-        bn_backward_coefficients(simd, (x, dy, y), (n, c), gamma, (mean, var), eps, relu);
+        bn_backward_coefficients(simd, (x, dy), (n, c), affine, gamma, (mean, var), eps, relu);
     if n * c > 0 {
         let chunk = ROWS * c;
         dx.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
-            .zip(dy.par_chunks(chunk).zip(y.par_chunks(chunk)))
-            .for_each(|((dxs, xs), (ds, ys))| {
-                simd.run(|| bn_backward_rows(&coefficients, (xs, ds, ys), dxs))
+            .zip(dy.par_chunks(chunk))
+            .for_each(|((dxs, xs), ds)| {
+                simd.run(|| bn_backward_rows(&coefficients, (xs, ds), dxs))
             });
     }
     (coefficients.dgamma, coefficients.dbeta)
@@ -398,8 +425,8 @@ impl CustomOp3 for BatchNormRows {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
-        res: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = x.dims2()?;
@@ -411,13 +438,13 @@ impl CustomOp3 for BatchNormRows {
             .ok_or_else(|| {
                 candle_core::Error::Msg("batch norm backward without forward statistics".into())
             })?;
-        let packed = x.contiguous()?.apply_op3_no_bwd(
+        let packed = x.contiguous()?.apply_op2_no_bwd(
             &grad.contiguous()?,
-            &res.contiguous()?,
             &BatchNormRowsBackward {
                 eps: self.eps,
                 relu: self.relu,
                 gamma: gamma.to_vec1::<f32>()?,
+                beta: beta.to_vec1::<f32>()?,
                 mean,
                 var,
             },
@@ -429,18 +456,19 @@ impl CustomOp3 for BatchNormRows {
     }
 }
 
-/// Backward of [`BatchNormRows`] over (x, dy, y); returns (N + 2, C): dx rows, then dγ, then
-/// dβ. With the ReLU, dy counts only where the output y is positive.
+/// Backward of [`BatchNormRows`] over (x, dy); returns (N + 2, C): dx rows, then dγ, then dβ.
+/// With the ReLU, dy counts only where the output was positive.
 pub(super) struct BatchNormRowsBackward {
     eps: f64,
     relu: bool,
     gamma: Vec<f32>,
+    beta: Vec<f32>,
     /// The forward pass's batch statistics.
     mean: Vec<f32>,
     var: Vec<f32>,
 }
 
-impl CustomOp3 for BatchNormRowsBackward {
+impl CustomOp2 for BatchNormRowsBackward {
     fn name(&self) -> &'static str {
         "batch-norm-rows-backward"
     }
@@ -451,20 +479,17 @@ impl CustomOp3 for BatchNormRowsBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_contiguous(s1, l1, self.name())?;
         let dy = f32_contiguous(s2, l2, self.name())?;
-        let y = f32_contiguous(s3, l3, self.name())?;
         let (n, c) = l1.shape().dims2()?;
         let mut out: Vec<f32> = Vec::with_capacity((n + 2) * c);
         let (dx, tail) = out.spare_capacity_mut()[..(n + 2) * c].split_at_mut(n * c);
         let (dgamma, dbeta) = bn_backward_cpu(
             Simd::current(),
-            (x, dy, y),
+            (x, dy),
             (n, c),
-            &self.gamma,
+            (&self.gamma, &self.beta),
             (&self.mean, &self.var),
             self.eps,
             self.relu,

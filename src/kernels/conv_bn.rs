@@ -2,10 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::batch_norm::{
     block_moments, bn_backward_coefficients, bn_backward_rows, bn_normalize, combine_moments,
+    BnAffine,
 };
 use super::conv::{
     conv_backward_recomputing, conv_forward_cpu_then, conv_rows, split_conv_grads, KeepColumns,
@@ -19,9 +20,11 @@ use super::{dims4, f32_contiguous, ConvGeometry};
 pub(super) struct ConvBnSaved {
     /// The convolution's output, the batch norm's input.
     conv_out: Vec<f32>,
-    /// The weight matrix (K·K·C_in, C_out) and γ the forward pass used.
+    /// The weight matrix (K·K·C_in, C_out), γ and the batch norm's map that the forward pass
+    /// used.
     wt: Vec<f32>,
     gamma: Vec<f32>,
+    affine: BnAffine,
     mean: Vec<f32>,
     var: Vec<f32>,
 }
@@ -76,21 +79,14 @@ impl CustomOp3 for ConvBnCpu {
         let (b, h, w, _) = dims;
         let (oh, ow) = (self.geometry.output_size(h), self.geometry.output_size(w));
         let m = b * oh * ow;
-        let y = bn_normalize(
-            simd,
-            &conv_out,
-            (m, cout),
-            gamma,
-            beta,
-            self.eps,
-            self.relu,
-            (&mean, &var),
-        );
+        let affine = BnAffine::new(gamma, beta, self.eps, (&mean, &var));
+        let y = bn_normalize(simd, &conv_out, (m, cout), &affine, self.relu);
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some(ConvBnSaved {
                 conv_out,
                 wt: wt.to_vec(),
                 gamma: gamma.to_vec(),
+                affine,
                 mean,
                 var,
             });
@@ -103,11 +99,10 @@ impl CustomOp3 for ConvBnCpu {
         x: &Tensor,
         wt: &Tensor,
         _gamma_beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = grad.contiguous()?.apply_op3_no_bwd(
-            &res.contiguous()?,
+        let packed = grad.contiguous()?.apply_op2_no_bwd(
             &x.contiguous()?,
             &ConvBnCpuBackward {
                 geometry: self.geometry,
@@ -123,7 +118,7 @@ impl CustomOp3 for ConvBnCpu {
     }
 }
 
-/// Backward of [`ConvBnCpu`] over (dy, y, x): one flat tensor, dX (B·H·W·C_in, when
+/// Backward of [`ConvBnCpu`] over (dy, x): one flat tensor, dX (B·H·W·C_in, when
 /// `need_dx`), dW (K·K·C_in·C_out), then dγ and dβ (C_out each).
 pub(super) struct ConvBnCpuBackward {
     geometry: ConvGeometry,
@@ -134,7 +129,7 @@ pub(super) struct ConvBnCpuBackward {
     need_dx: bool,
 }
 
-impl CustomOp3 for ConvBnCpuBackward {
+impl CustomOp2 for ConvBnCpuBackward {
     fn name(&self) -> &'static str {
         "conv-bn-cpu-backward"
     }
@@ -145,32 +140,31 @@ impl CustomOp3 for ConvBnCpuBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dy = f32_contiguous(s1, l1, self.name())?;
-        let y = f32_contiguous(s2, l2, self.name())?;
-        let x = f32_contiguous(s3, l3, self.name())?;
+        let x = f32_contiguous(s2, l2, self.name())?;
         let (b, oh, ow, cout) = dims4(l1, self.name())?;
         let m = b * oh * ow;
-        let dims = dims4(l3, self.name())?;
+        let dims = dims4(l2, self.name())?;
         let guard = self.saved.lock().map_err(|_| {
             candle_core::Error::Msg("conv-bn backward: forward state poisoned".into())
         })?;
         let saved = guard.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("conv-bn backward without its forward pass".into())
         })?;
-        if saved.conv_out.len() != m * cout || y.len() != m * cout {
+        if saved.conv_out.len() != m * cout {
             candle_core::bail!("conv-bn backward: gradient does not match the forward pass");
         }
         // dγ, dβ and the coefficients of the batch norm's input gradient in one sweep; that
         // gradient, the convolution's output gradient, is then computed task by task inside
-        // the convolution's backward, where its rows are used.
+        // the convolution's backward, where its rows are used. The ReLU's mask comes from the
+        // convolution's output and the forward pass's map, so the node's output is not read.
         let simd = Simd::current();
         let coefficients = bn_backward_coefficients(
             simd,
-            (&saved.conv_out, dy, y),
+            (&saved.conv_out, dy),
             (m, cout),
+            saved.affine.clone(),
             &saved.gamma,
             (&saved.mean, &saved.var),
             self.eps,
@@ -192,7 +186,7 @@ impl CustomOp3 for ConvBnCpuBackward {
             &tail,
             |rows, dconv| {
                 let r = rows.start * cout..rows.end * cout;
-                let inputs = (&saved.conv_out[r.clone()], &dy[r.clone()], &y[r]);
+                let inputs = (&saved.conv_out[r.clone()], &dy[r]);
                 simd.run(|| bn_backward_rows(&coefficients, inputs, dconv));
             },
         )?;

@@ -351,9 +351,9 @@ mod tests {
                     let mut dx = vec![MaybeUninit::new(f32::NAN); n * c];
                     let (dg, db) = batch_norm::bn_backward_cpu(
                         simd,
-                        (&x, &dy, &y),
+                        (&x, &dy),
                         (n, c),
-                        &gamma,
+                        (&gamma, &beta),
                         (&mean, &var),
                         1e-5,
                         relu,
