@@ -105,6 +105,36 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// Copies `src` into `dst` (the same length). The first layer's runs are a 3×3 kernel row
+/// over 1 or 3 channels: 3 or 9 values, for which a loop of unknown length costs more than
+/// the copy; those lengths are copied as fixed-size arrays.
+#[inline(always)]
+fn copy_run(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [MaybeUninit<f32>], src: &[f32]) -> bool {
+        let (Ok(d), Ok(s)) = (
+            <&mut [MaybeUninit<f32>; N]>::try_from(dst),
+            <&[f32; N]>::try_from(src),
+        ) else {
+            return false;
+        };
+        for (d, &v) in d.iter_mut().zip(s) {
+            d.write(v);
+        }
+        true
+    }
+    let done = match src.len() {
+        3 => fixed::<3>(dst, src),
+        9 => fixed::<9>(dst, src),
+        _ => false,
+    };
+    if !done {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            d.write(v);
+        }
+    }
+}
+
 /// One output image row (every ox of one oy) of im2col: `dst` is OW rows of K·K·C, each
 /// written exactly once (a copy or a padding zero). Always inlined, as are the two below, so
 /// that a caller's [`super::simd::Simd::run`] compiles them for its instruction set.
@@ -129,9 +159,7 @@ pub(super) fn im2col_row(
             // input values: one copy instead of K (most of the work when C is small).
             if ix0 >= 0 && ix0 as usize + g.kernel <= w {
                 let src = (iy as usize * w + ix0 as usize) * c;
-                for (d, &v) in taps.iter_mut().zip(&image[src..src + g.kernel * c]) {
-                    d.write(v);
-                }
+                copy_run(taps, &image[src..src + g.kernel * c]);
                 continue;
             }
             for (kx, tap) in taps.chunks_exact_mut(c).enumerate() {
