@@ -42,7 +42,10 @@ pub(super) fn column_sums(
         .into_par_iter()
         .map(|chunk| {
             let mut acc = vec![0f32; width];
-            simd.run(|| f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc));
+            simd.run(
+                #[inline(always)]
+                || f(chunk * ROWS..((chunk + 1) * ROWS).min(n), &mut acc),
+            );
             acc.iter().map(|&v| v as f64).collect::<Vec<f64>>()
         })
         .reduce(
@@ -56,22 +59,34 @@ pub(super) fn column_sums(
 
 /// Per-column mean and biased variance of an (N, C) matrix (two passes: exact for large means).
 pub(super) fn moments(simd: Simd, x: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let sums = column_sums(simd, n, c, |rows, acc| {
-        for row in rows {
-            for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
-                *a += v;
+    let sums = column_sums(
+        simd,
+        n,
+        c,
+        #[inline(always)]
+        |rows, acc| {
+            for row in rows {
+                for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
+                    *a += v;
+                }
             }
-        }
-    });
+        },
+    );
     let mean: Vec<f32> = sums.iter().map(|s| (s / n as f64) as f32).collect();
-    let sq = column_sums(simd, n, c, |rows, acc| {
-        for row in rows {
-            for ((a, &v), &m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
-                let d = v - m;
-                *a += d * d;
+    let sq = column_sums(
+        simd,
+        n,
+        c,
+        #[inline(always)]
+        |rows, acc| {
+            for row in rows {
+                for ((a, &v), &m) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
+                    let d = v - m;
+                    *a += d * d;
+                }
             }
-        }
-    });
+        },
+    );
     (mean, sq.iter().map(|s| (s / n as f64) as f32).collect())
 }
 
@@ -102,20 +117,24 @@ pub(super) fn block_moments(simd: Simd, x: &[f32], c: usize) -> BlockMoments {
         };
     }
     let mut residual = vec![0f32; c];
-    simd.run(|| {
-        for row in x.chunks_exact(c) {
-            mean.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-        }
-        let inv = 1.0 / rows as f32;
-        mean.iter_mut().for_each(|s| *s *= inv);
-        for row in x.chunks_exact(c) {
-            for (((a, r), &v), &m) in m2.iter_mut().zip(residual.iter_mut()).zip(row).zip(&mean) {
-                let d = v - m;
-                *r += d;
-                *a += d * d;
+    simd.run(
+        #[inline(always)]
+        || {
+            for row in x.chunks_exact(c) {
+                mean.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
             }
-        }
-    });
+            let inv = 1.0 / rows as f32;
+            mean.iter_mut().for_each(|s| *s *= inv);
+            for row in x.chunks_exact(c) {
+                for (((a, r), &v), &m) in m2.iter_mut().zip(residual.iter_mut()).zip(row).zip(&mean)
+                {
+                    let d = v - m;
+                    *r += d;
+                    *a += d * d;
+                }
+            }
+        },
+    );
     let n = rows as f64;
     BlockMoments {
         rows,
@@ -229,14 +248,17 @@ pub(super) fn bn_normalize(
         .par_chunks_mut(ROWS * c)
         .zip(x.par_chunks(ROWS * c))
         .for_each(|(ys, xs)| {
-            simd.run(|| {
-                for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
-                    let columns = scale.iter().zip(shift);
-                    for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(columns) {
-                        y.write((x * a + b).max(floor));
+            simd.run(
+                #[inline(always)]
+                || {
+                    for (yr, xr) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)) {
+                        let columns = scale.iter().zip(shift);
+                        for ((y, &x), (&a, &b)) in yr.iter_mut().zip(xr).zip(columns) {
+                            y.write((x * a + b).max(floor));
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     // SAFETY: the chunks cover all n·c elements and every one was written.
     unsafe { y.set_len(n * c) };
@@ -293,22 +315,28 @@ pub(super) fn bn_backward_coefficients(
         .collect();
     // dβ = Σ g and Σ g·(x − mean) in one sweep; dγ = invstd · the latter.
     // (Iterator zips rather than indices: they let the compiler vectorise the rows.)
-    let sums = column_sums(simd, n, 2 * c, |rows, acc| {
-        let (sum_g, sum_gx) = acc.split_at_mut(c);
-        let r = rows.start * c..rows.end * c;
-        let (xs, ds) = (&x[r.clone()], &dy[r]);
-        for (xr, dr) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
-            let sums = sum_g.iter_mut().zip(sum_gx.iter_mut());
-            let columns = mean.iter().zip(scale).zip(shift);
-            for ((sg, sgx), (((&m, &a), &b), (&xv, &dv))) in
-                sums.zip(columns.zip(xr.iter().zip(dr)))
-            {
-                let g = if xv * a + b > floor { dv } else { 0.0 };
-                *sg += g;
-                *sgx += g * (xv - m);
+    let sums = column_sums(
+        simd,
+        n,
+        2 * c,
+        #[inline(always)]
+        |rows, acc| {
+            let (sum_g, sum_gx) = acc.split_at_mut(c);
+            let r = rows.start * c..rows.end * c;
+            let (xs, ds) = (&x[r.clone()], &dy[r]);
+            for (xr, dr) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
+                let sums = sum_g.iter_mut().zip(sum_gx.iter_mut());
+                let columns = mean.iter().zip(scale).zip(shift);
+                for ((sg, sgx), (((&m, &a), &b), (&xv, &dv))) in
+                    sums.zip(columns.zip(xr.iter().zip(dr)))
+                {
+                    let g = if xv * a + b > floor { dv } else { 0.0 };
+                    *sg += g;
+                    *sgx += g * (xv - m);
+                }
             }
-        }
-    });
+        },
+    );
     let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
     let dgamma: Vec<f32> = (0..c).map(|j| (sums[c + j] as f32) * invstd[j]).collect();
     // dx = k·(n·g − dβ − x̂·dγ) with k = γ·invstd/n, rearranged per channel as
@@ -389,7 +417,10 @@ pub(super) fn bn_backward_cpu(
             .zip(x.par_chunks(chunk))
             .zip(dy.par_chunks(chunk))
             .for_each(|((dxs, xs), ds)| {
-                simd.run(|| bn_backward_rows(&coefficients, (xs, ds), dxs))
+                simd.run(
+                    #[inline(always)]
+                    || bn_backward_rows(&coefficients, (xs, ds), dxs),
+                )
             });
     }
     (coefficients.dgamma, coefficients.dbeta)

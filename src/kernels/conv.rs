@@ -113,7 +113,10 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
             .zip(cols.spare_capacity_mut()[..m * k].par_chunks_mut(per_task * rows_per_image * k))
             .zip(x.par_chunks(per_task * h * w * c))
             .map(|((dst, task_cols), images)| {
-                simd.run(|| im2col_images(images, (h, w, c), g, task_cols));
+                simd.run(
+                    #[inline(always)]
+                    || im2col_images(images, (h, w, c), g, task_cols),
+                );
                 // SAFETY: im2col_images wrote every element of task_cols.
                 let task_cols = unsafe { assume_init(task_cols) };
                 let rows = task_cols.len() / k;
@@ -210,7 +213,10 @@ pub(super) fn conv_backward_cpu(
             dx.fill(MaybeUninit::new(0.0));
             // SAFETY: just filled.
             let dx = unsafe { assume_init_mut(dx) };
-            simd.run(|| col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx));
+            simd.run(
+                #[inline(always)]
+                || col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx),
+            );
             Ok(())
         })
 }
@@ -228,7 +234,10 @@ fn im2col_into<'a>(
     scratch.clear();
     scratch.reserve(len);
     let cols = &mut scratch.spare_capacity_mut()[..len];
-    simd.run(|| im2col_images(images, hwc, g, cols));
+    simd.run(
+        #[inline(always)]
+        || im2col_images(images, hwc, g, cols),
+    );
     // SAFETY: im2col_images wrote every element of `cols`.
     unsafe { assume_init(cols) }
 }
@@ -328,7 +337,10 @@ pub(super) fn conv_backward_recomputing(
         dx.fill(MaybeUninit::new(0.0));
         // SAFETY: just filled.
         let dx = unsafe { assume_init_mut(dx) };
-        simd.run(|| col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx));
+        simd.run(
+            #[inline(always)]
+            || col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx),
+        );
         Ok(())
     };
     // One part of consecutive tasks per thread, each with its own share of dW: a fixed

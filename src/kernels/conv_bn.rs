@@ -187,7 +187,10 @@ impl CustomOp2 for ConvBnCpuBackward {
             |rows, dconv| {
                 let r = rows.start * cout..rows.end * cout;
                 let inputs = (&saved.conv_out[r.clone()], &dy[r]);
-                simd.run(|| bn_backward_rows(&coefficients, inputs, dconv));
+                simd.run(
+                    #[inline(always)]
+                    || bn_backward_rows(&coefficients, inputs, dconv),
+                );
             },
         )?;
         let len = out.len();

@@ -387,10 +387,16 @@ mod tests {
             let cols_in = random_vec(images * oh * ow * row, 26);
             let run = |simd: Simd| {
                 let mut cols = vec![MaybeUninit::new(f32::NAN); images * oh * ow * row];
-                simd.run(|| im2col::im2col_images(&x, (h, w, c), g, &mut cols));
+                simd.run(
+                    #[inline(always)]
+                    || im2col::im2col_images(&x, (h, w, c), g, &mut cols),
+                );
                 let cols: Vec<f32> = cols.iter().map(|v| unsafe { v.assume_init() }).collect();
                 let mut back = x.clone();
-                simd.run(|| im2col::col2im_add_images(&cols_in, (oh, ow), g, (h, w, c), &mut back));
+                simd.run(
+                    #[inline(always)]
+                    || im2col::col2im_add_images(&cols_in, (oh, ow), g, (h, w, c), &mut back),
+                );
                 (cols, back)
             };
             let expected = run(baseline);

@@ -31,13 +31,16 @@ impl CustomOp1 for MeanPoolCpu {
             out.par_chunks_mut(c)
                 .zip(x.par_chunks(pixels * c))
                 .for_each(|(sums, image)| {
-                    simd.run(|| {
-                        for row in image.chunks_exact(c) {
-                            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-                        }
-                        let k = scale(pixels);
-                        sums.iter_mut().for_each(|s| *s *= k);
-                    })
+                    simd.run(
+                        #[inline(always)]
+                        || {
+                            for row in image.chunks_exact(c) {
+                                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+                            }
+                            let k = scale(pixels);
+                            sums.iter_mut().for_each(|s| *s *= k);
+                        },
+                    )
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c))))
@@ -74,11 +77,14 @@ impl CustomOp1 for MeanPoolBackwardCpu {
             dx.par_chunks_mut(pixels * c)
                 .zip(g.par_chunks(c))
                 .for_each(|(image, g)| {
-                    simd.run(|| {
-                        for row in image.chunks_exact_mut(c) {
-                            row.iter_mut().zip(g).for_each(|(d, &v)| *d = v * k);
-                        }
-                    })
+                    simd.run(
+                        #[inline(always)]
+                        || {
+                            for row in image.chunks_exact_mut(c) {
+                                row.iter_mut().zip(g).for_each(|(d, &v)| *d = v * k);
+                            }
+                        },
+                    )
                 });
         }
         Ok((CpuStorage::F32(dx), Shape::from((b, self.h, self.w, c))))

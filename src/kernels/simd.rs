@@ -100,9 +100,12 @@ impl Simd {
         }
     }
 
-    /// Runs `f` compiled with this level's target features. Only code inlined into `f` gets
-    /// them, so the kernels' inner loops are `#[inline(always)]`, and each rayon task calls
-    /// `run` itself (a closure that spawns tasks would run them at the baseline).
+    /// Runs `f` compiled with this level's target features. Only code inlined into the
+    /// target-feature function gets them, and LLVM does not inline a closure body it finds too
+    /// large: callers mark the closure itself `#[inline(always)]` (`simd.run(#[inline(always)]
+    /// || …)`), as they do the kernels it calls, or the loops compile for baseline x86-64 and
+    /// every level runs the same SSE2 code. Each rayon task calls `run` itself (a closure that
+    /// spawns tasks would run them at the baseline).
     #[inline(always)]
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
         match self {
