@@ -203,7 +203,7 @@ pub(super) fn bn_forward_cpu(
 /// shift = β − mean·scale, from the batch statistics. The backward pass builds it again to
 /// find where the ReLU passed its input (x·scale + shift > 0, the same floats as the forward
 /// pass), instead of reading the output back.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct BnAffine {
     scale: Vec<f32>,
     shift: Vec<f32>,
@@ -280,18 +280,18 @@ pub(super) struct BnBackward {
 
 /// The batch norm's backward pass, first half: one sweep over its input x and the gradient
 /// dy reaching its output for dγ, dβ and the coefficients of dx ([`bn_backward_rows`] writes
-/// dx). `affine` is the forward pass's map, for the ReLU's mask. Compiled for `simd`.
-#[allow(clippy::too_many_arguments)]
+/// dx). The ReLU's mask comes from the forward pass's map, built again from γ, β and the
+/// statistics ([`BnAffine`]). Compiled for `simd`.
 pub(super) fn bn_backward_coefficients(
     simd: Simd,
     (x, dy): (&[f32], &[f32]),
     (n, c): (usize, usize),
-    affine: BnAffine,
-    gamma: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     (mean, var): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
 ) -> BnBackward {
+    let affine = BnAffine::new(gamma, beta, eps, (mean, var));
     // The gradient reaching the batch norm's output is dy where x·scale + shift > floor:
     // everywhere without the ReLU, where the ReLU passed its input with it.
     let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
@@ -408,9 +408,8 @@ pub(super) fn bn_backward_cpu(
     relu: bool,
     dx: &mut [MaybeUninit<f32>],
 ) -> (Vec<f32>, Vec<f32>) {
-    let affine = BnAffine::new(gamma, beta, eps, (mean, var));
     let coefficients =
-        bn_backward_coefficients(simd, (x, dy), (n, c), affine, gamma, (mean, var), eps, relu);
+        bn_backward_coefficients(simd, (x, dy), (n, c), (gamma, beta), (mean, var), eps, relu);
     if n * c > 0 {
         let chunk = ROWS * c;
         dx.par_chunks_mut(chunk)

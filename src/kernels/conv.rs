@@ -205,20 +205,44 @@ pub(super) fn conv_backward_cpu(
     dx.par_chunks_mut(per_task * h * w * c)
         .zip(dy.par_chunks(per_task * rows_per_image * cout))
         .try_for_each(|(dx, dy)| {
-            let rows = dy.len() / cout;
-            if g.is_pointwise() {
-                return matmul_into(dx, (rows, k, cout), dy, (cout, 1), wt, (1, cout));
-            }
-            let dcols = matmul_vec((rows, k, cout), (dy, (cout, 1)), (wt, (1, cout)))?;
-            dx.fill(MaybeUninit::new(0.0));
-            // SAFETY: just filled.
-            let dx = unsafe { assume_init_mut(dx) };
-            simd.run(
-                #[inline(always)]
-                || col2im_add_images(&dcols, (oh, ow), g, (h, w, c), dx),
-            );
-            Ok(())
+            task_input_gradient(dx, dy, wt, (k, cout), g, (h, w, c), &mut Vec::new(), simd)
         })
+}
+
+/// One task's dX = col2im(dY·Wᵀ) over its images: `dy` is the task's (rows, C_out) rows, `wt`
+/// (K·K·C_in, C_out) row-major and read transposed, `dx` its images' gradient, every element
+/// written. dY·Wᵀ goes into `dcols` (a buffer the caller may reuse), and is then added onto
+/// the zero-filled `dx` while both are in cache; a pointwise convolution's product is dX itself.
+#[allow(clippy::too_many_arguments)]
+fn task_input_gradient(
+    dx: &mut [MaybeUninit<f32>],
+    dy: &[f32],
+    wt: &[f32],
+    (k, cout): (usize, usize),
+    g: ConvGeometry,
+    (h, w, c): (usize, usize, usize),
+    dcols: &mut Vec<f32>,
+    simd: Simd,
+) -> Result<()> {
+    let rows = dy.len() / cout;
+    if g.is_pointwise() {
+        return matmul_into(dx, (rows, k, cout), dy, (cout, 1), wt, (1, cout));
+    }
+    dcols.clear();
+    dcols.reserve(rows * k);
+    let spare = &mut dcols.spare_capacity_mut()[..rows * k];
+    matmul_into(spare, (rows, k, cout), dy, (cout, 1), wt, (1, cout))?;
+    // SAFETY: matmul_into wrote every element of `spare`.
+    let dcols = unsafe { assume_init(spare) };
+    dx.fill(MaybeUninit::new(0.0));
+    // SAFETY: just filled.
+    let dx = unsafe { assume_init_mut(dx) };
+    let (oh, ow) = (g.output_size(h), g.output_size(w));
+    simd.run(
+        #[inline(always)]
+        || col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx),
+    );
+    Ok(())
 }
 
 /// im2col of `images` into `scratch` (grown to `len` elements when needed; its contents are
@@ -256,9 +280,8 @@ struct BackwardScratch {
 /// dY from `dy_rows` (the fused node computes them there, from the batch norm's backward),
 /// builds its im2col columns again, adds colsᵀ·dY to its part's share of dW and writes its
 /// images' dX = col2im(dY·Wᵀ), all while the task's rows are in cache; the parts' shares of
-/// dW are added at the end. Neither the (B·OH·OW, K·K·C_in) columns nor the (B·OH·OW, C_out) dY exist
-/// whole. Returns dX (B·H·W·C_in, only when `need_dx`), dW (K·K·C_in·C_out), then `tail`, as
-/// [`conv_backward_packed`].
+/// dW are added at the end. Neither the (B·OH·OW, K·K·C_in) columns nor the (B·OH·OW, C_out)
+/// dY exist whole. Writes dX (when given) and dW whole, as [`conv_backward_cpu`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_backward_recomputing(
     x: &[f32],
@@ -266,35 +289,30 @@ pub(super) fn conv_backward_recomputing(
     wt: &[f32],
     cout: usize,
     g: ConvGeometry,
-    need_dx: bool,
-    tail: &[f32],
     dy_rows: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
-) -> Result<Vec<f32>> {
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    dwt: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
     let m = b * rows_per_image;
-    if x.len() != b * h * w * c || wt.len() != k * cout {
+    if x.len() != b * h * w * c
+        || wt.len() != k * cout
+        || dx.as_ref().is_some_and(|dx| dx.len() != x.len())
+        || dwt.len() != k * cout
+    {
         candle_core::bail!(
-            "conv backward: input of {} and weight of {} do not fit {:?} and {cout} channels out",
-            x.len(),
-            wt.len(),
-            (b, h, w, c)
+            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
+            (b, h, w, c),
+            g.kernel
         );
     }
-    let (dx_len, dw_len) = (if need_dx { x.len() } else { 0 }, wt.len());
-    let len = dx_len + dw_len + tail.len();
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(dx_len);
-    let (dwt, rest) = rest.split_at_mut(dw_len);
-    for (d, &v) in rest.iter_mut().zip(tail) {
-        d.write(v);
-    }
     if m * cout * k == 0 {
-        dx.fill(MaybeUninit::new(0.0));
+        if let Some(dx) = dx {
+            dx.fill(MaybeUninit::new(0.0));
+        }
         dwt.fill(MaybeUninit::new(0.0));
-        // SAFETY: every element was just written.
-        unsafe { out.set_len(len) };
-        return Ok(out);
+        return Ok(());
     }
     let per_task = images_per_task(b, rows_per_image);
     let simd = Simd::current();
@@ -321,27 +339,19 @@ pub(super) fn conv_backward_recomputing(
         };
         // dW += colsᵀ · dY (cols is (n, k) row-major, read transposed).
         matmul_add_into(&mut scratch.dw, (k, cout, n), cols, (1, k), dy, (cout, 1))?;
-        let Some(dx) = dx else {
-            return Ok(());
-        };
-        // dX = col2im(dY · Wᵀ) (wt is (k, C_out) row-major, read transposed).
-        if g.is_pointwise() {
-            return matmul_into(dx, (n, k, cout), dy, (cout, 1), wt, (1, cout));
+        match dx {
+            Some(dx) => task_input_gradient(
+                dx,
+                dy,
+                wt,
+                (k, cout),
+                g,
+                (h, w, c),
+                &mut scratch.dcols,
+                simd,
+            ),
+            None => Ok(()),
         }
-        scratch.dcols.clear();
-        scratch.dcols.reserve(n * k);
-        let dcols = &mut scratch.dcols.spare_capacity_mut()[..n * k];
-        matmul_into(dcols, (n, k, cout), dy, (cout, 1), wt, (1, cout))?;
-        // SAFETY: matmul_into wrote every element of dcols.
-        let dcols = unsafe { assume_init(dcols) };
-        dx.fill(MaybeUninit::new(0.0));
-        // SAFETY: just filled.
-        let dx = unsafe { assume_init_mut(dx) };
-        simd.run(
-            #[inline(always)]
-            || col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx),
-        );
-        Ok(())
     };
     // One part of consecutive tasks per thread, each with its own share of dW: a fixed
     // partition, so that dW is summed in the same order on every run.
@@ -369,52 +379,44 @@ pub(super) fn conv_backward_recomputing(
         }
         Ok(scratch.dw)
     };
-    let shares: Vec<Vec<f32>> = if need_dx {
-        dx.par_chunks_mut(tasks_per_part * per_task * h * w * c)
+    let shares: Vec<Vec<f32>> = match dx {
+        Some(dx) => dx
+            .par_chunks_mut(tasks_per_part * per_task * h * w * c)
             .enumerate()
             .map(|(p, dx)| part(p, Some(dx)))
-            .collect::<Result<_>>()?
-    } else {
-        (0..tasks.div_ceil(tasks_per_part))
+            .collect::<Result<_>>()?,
+        None => (0..tasks.div_ceil(tasks_per_part))
             .into_par_iter()
             .map(|p| part(p, None))
-            .collect::<Result<_>>()?
+            .collect::<Result<_>>()?,
     };
     for (j, d) in dwt.iter_mut().enumerate() {
         d.write(shares.iter().map(|share| share[j]).sum());
     }
-    // SAFETY: the tasks wrote all of dX (each its own images), the loop above dW, and the
-    // tail was written first.
-    unsafe { out.set_len(len) };
-    Ok(out)
+    Ok(())
 }
 
-/// [`conv_backward_cpu`] into one flat buffer, as the backward ops return it: dX
-/// (B·H·W·C_in, only when `need_dx`), dW (K·K·C_in·C_out), then `tail` (the fused node's dγ
-/// and dβ; empty for a plain convolution).
-#[allow(clippy::too_many_arguments)]
+/// A convolution's backward into one flat buffer, as the backward ops return it: dX
+/// (`dx_len` elements, only when `need_dx`), dW (`dw_len`), then `tail` (the fused node's dγ
+/// and dβ; empty for a plain convolution). `backward` is [`conv_backward_cpu`] or
+/// [`conv_backward_recomputing`], which write dX (when given) and dW whole.
 pub(super) fn conv_backward_packed(
-    dy: &[f32],
-    wt: &[f32],
-    x: &[f32],
-    dims: Dims4,
-    cout: usize,
-    g: ConvGeometry,
-    cols: Option<&[f32]>,
-    tail: &[f32],
+    (dx_len, dw_len): (usize, usize),
     need_dx: bool,
+    tail: &[f32],
+    backward: impl FnOnce(Option<&mut [MaybeUninit<f32>]>, &mut [MaybeUninit<f32>]) -> Result<()>,
 ) -> Result<Vec<f32>> {
-    let (dx_len, dw_len) = (if need_dx { x.len() } else { 0 }, wt.len());
+    let dx_len = if need_dx { dx_len } else { 0 };
     let len = dx_len + dw_len + tail.len();
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(dx_len);
     let (dwt, rest) = rest.split_at_mut(dw_len);
-    let dx = need_dx.then_some(dx);
-    conv_backward_cpu(dy, wt, x, dims, cout, g, cols, dx, dwt)?;
+    backward(need_dx.then_some(dx), dwt)?;
     for (d, &v) in rest.iter_mut().zip(tail) {
         d.write(v);
     }
-    // SAFETY: conv_backward_cpu wrote dx and dwt whole, the loop the tail.
+    // SAFETY: the backward wrote dx and dwt whole (both backward functions' contract), the
+    // loop the tail.
     unsafe { out.set_len(len) };
     Ok(out)
 }
@@ -536,17 +538,9 @@ impl CustomOp3 for ConvRowsCpuBackward {
         let (_, cout) = l1.shape().dims2()?;
         let dims = dims4(l3, self.name())?;
         let cols = self.cols.as_deref().map(|c| c.as_slice());
-        let out = conv_backward_packed(
-            dy,
-            wt,
-            x,
-            dims,
-            cout,
-            self.geometry,
-            cols,
-            &[],
-            self.need_dx,
-        )?;
+        let out = conv_backward_packed((x.len(), wt.len()), self.need_dx, &[], |dx, dwt| {
+            conv_backward_cpu(dy, wt, x, dims, cout, self.geometry, cols, dx, dwt)
+        })?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

@@ -9,7 +9,8 @@ use super::batch_norm::{
     BnAffine,
 };
 use super::conv::{
-    conv_backward_recomputing, conv_forward_cpu_then, conv_rows, split_conv_grads, KeepColumns,
+    conv_backward_packed, conv_backward_recomputing, conv_forward_cpu_then, conv_rows,
+    split_conv_grads, KeepColumns,
 };
 use super::simd::Simd;
 use super::{dims4, f32_contiguous, ConvGeometry};
@@ -20,11 +21,10 @@ use super::{dims4, f32_contiguous, ConvGeometry};
 pub(super) struct ConvBnSaved {
     /// The convolution's output, the batch norm's input.
     conv_out: Vec<f32>,
-    /// The weight matrix (K·K·C_in, C_out), γ and the batch norm's map that the forward pass
-    /// used.
+    /// The weight matrix (K·K·C_in, C_out), γ and β the forward pass used.
     wt: Vec<f32>,
     gamma: Vec<f32>,
-    affine: BnAffine,
+    beta: Vec<f32>,
     mean: Vec<f32>,
     var: Vec<f32>,
 }
@@ -86,7 +86,7 @@ impl CustomOp3 for ConvBnCpu {
                 conv_out,
                 wt: wt.to_vec(),
                 gamma: gamma.to_vec(),
-                affine,
+                beta: beta.to_vec(),
                 mean,
                 var,
             });
@@ -158,14 +158,14 @@ impl CustomOp2 for ConvBnCpuBackward {
         // dγ, dβ and the coefficients of the batch norm's input gradient in one sweep; that
         // gradient, the convolution's output gradient, is then computed task by task inside
         // the convolution's backward, where its rows are used. The ReLU's mask comes from the
-        // convolution's output and the forward pass's map, so the node's output is not read.
+        // convolution's output and the forward pass's map (rebuilt from γ, β and the
+        // statistics), so the node's output is not read.
         let simd = Simd::current();
         let coefficients = bn_backward_coefficients(
             simd,
             (&saved.conv_out, dy),
             (m, cout),
-            saved.affine.clone(),
-            &saved.gamma,
+            (&saved.gamma, &saved.beta),
             (&saved.mean, &saved.var),
             self.eps,
             self.relu,
@@ -176,23 +176,18 @@ impl CustomOp2 for ConvBnCpuBackward {
             .chain(&coefficients.dbeta)
             .copied()
             .collect();
-        let out = conv_backward_recomputing(
-            x,
-            dims,
-            &saved.wt,
-            cout,
-            self.geometry,
-            self.need_dx,
-            &tail,
-            |rows, dconv| {
-                let r = rows.start * cout..rows.end * cout;
-                let inputs = (&saved.conv_out[r.clone()], &dy[r]);
-                simd.run(
-                    #[inline(always)]
-                    || bn_backward_rows(&coefficients, inputs, dconv),
-                );
-            },
-        )?;
+        let dy_rows = |rows: std::ops::Range<usize>, dconv: &mut [_]| {
+            let r = rows.start * cout..rows.end * cout;
+            let inputs = (&saved.conv_out[r.clone()], &dy[r]);
+            simd.run(
+                #[inline(always)]
+                || bn_backward_rows(&coefficients, inputs, dconv),
+            );
+        };
+        let out =
+            conv_backward_packed((x.len(), saved.wt.len()), self.need_dx, &tail, |dx, dwt| {
+                conv_backward_recomputing(x, dims, &saved.wt, cout, self.geometry, dy_rows, dx, dwt)
+            })?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
