@@ -10,9 +10,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use super::gemm::{matmul_add_into, matmul_into, matmul_vec};
-use super::im2col::{col2im_add_images, im2col_images, Col2Im, Im2Col};
+use super::im2col::{col2im_images, im2col_images, Col2Im, Im2Col};
 use super::simd::Simd;
-use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
+use super::{assume_init, dims4, f32_contiguous, ConvGeometry, Dims4};
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
 /// single-threaded product, few enough that a task's slice of the im2col matrix (and of its
@@ -211,8 +211,8 @@ pub(super) fn conv_backward_cpu(
 
 /// One task's dX = col2im(dY·Wᵀ) over its images: `dy` is the task's (rows, C_out) rows, `wt`
 /// (K·K·C_in, C_out) row-major and read transposed, `dx` its images' gradient, every element
-/// written. dY·Wᵀ goes into `dcols` (a buffer the caller may reuse), and is then added onto
-/// the zero-filled `dx` while both are in cache; a pointwise convolution's product is dX itself.
+/// written. dY·Wᵀ goes into `dcols` (a buffer the caller may reuse), and col2im then gathers
+/// it into `dx` while both are in cache; a pointwise convolution's product is dX itself.
 #[allow(clippy::too_many_arguments)]
 fn task_input_gradient(
     dx: &mut [MaybeUninit<f32>],
@@ -234,13 +234,10 @@ fn task_input_gradient(
     matmul_into(spare, (rows, k, cout), dy, (cout, 1), wt, (1, cout))?;
     // SAFETY: matmul_into wrote every element of `spare`.
     let dcols = unsafe { assume_init(spare) };
-    dx.fill(MaybeUninit::new(0.0));
-    // SAFETY: just filled.
-    let dx = unsafe { assume_init_mut(dx) };
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     simd.run(
         #[inline(always)]
-        || col2im_add_images(dcols, (oh, ow), g, (h, w, c), dx),
+        || col2im_images(dcols, (oh, ow), g, (h, w, c), dx),
     );
     Ok(())
 }

@@ -88,32 +88,42 @@ impl ConvGeometry {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
     }
 
-    /// Calls `f(pixel, tap)` for every kernel tap of output pixel (oy, ox) that falls inside the
-    /// (h, w) input: `pixel` is the input pixel's index (iy·w + ix), `tap` is ky·K + kx, the
-    /// tap's slot in an im2col row. Taps in the zero padding are skipped.
-    #[inline(always)]
-    fn for_each_tap(
-        &self,
-        oy: usize,
-        ox: usize,
-        h: usize,
-        w: usize,
-        mut f: impl FnMut(usize, usize),
-    ) {
-        for ky in 0..self.kernel {
-            let iy = (oy * self.stride + ky) as isize - self.padding as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            for kx in 0..self.kernel {
-                let ix = (ox * self.stride + kx) as isize - self.padding as isize;
-                if ix < 0 || ix >= w as isize {
-                    continue;
-                }
-                f(iy as usize * w + ix as usize, ky * self.kernel + kx);
-            }
+    /// The kernel taps along one axis that read input coordinate `i` when the output has
+    /// `o_len` coordinates along it: `count` taps t = first, first + stride, …, read by output
+    /// coordinates o_first, o_first − 1, … (o·stride + t − padding = i). Taps that would fall in
+    /// the zero padding, or past the output, are left out.
+    fn axis_sources(&self, i: usize, o_len: usize) -> AxisSources {
+        let none = AxisSources {
+            first: 0,
+            count: 0,
+            o_first: 0,
+        };
+        let (reach, s) = (i + self.padding, self.stride);
+        let Some(o_last) = o_len.checked_sub(1) else {
+            return none;
+        };
+        // The smallest tap t ≥ reach − stride·o_last with t ≡ reach (mod stride).
+        let low = reach.saturating_sub(s * o_last);
+        let first = low + (reach - low) % s;
+        // Taps stop at the kernel's size and at reach (the output coordinate stays ≥ 0).
+        let end = self.kernel.min(reach + 1);
+        if first >= end {
+            return none;
+        }
+        AxisSources {
+            first,
+            count: (end - first).div_ceil(s),
+            o_first: (reach - first) / s,
         }
     }
+}
+
+/// See [`ConvGeometry::axis_sources`].
+#[derive(Clone, Copy, Debug, Default)]
+struct AxisSources {
+    first: usize,
+    count: usize,
+    o_first: usize,
 }
 
 pub(super) fn f32_contiguous<'a>(
@@ -392,17 +402,27 @@ mod tests {
                     || im2col::im2col_images(&x, (h, w, c), g, &mut cols),
                 );
                 let cols: Vec<f32> = cols.iter().map(|v| unsafe { v.assume_init() }).collect();
-                let mut back = x.clone();
+                let mut back = vec![MaybeUninit::new(f32::NAN); images * h * w * c];
                 simd.run(
                     #[inline(always)]
-                    || im2col::col2im_add_images(&cols_in, (oh, ow), g, (h, w, c), &mut back),
+                    || im2col::col2im_images(&cols_in, (oh, ow), g, (h, w, c), &mut back),
                 );
+                let back: Vec<f32> = back.iter().map(|v| unsafe { v.assume_init() }).collect();
                 (cols, back)
             };
             let expected = run(baseline);
             assert!(
-                expected.0.iter().all(|v| v.is_finite()),
-                "cols fully written"
+                expected.0.iter().all(|v| v.is_finite())
+                    && expected.1.iter().all(|v| v.is_finite()),
+                "cols and col2im's images fully written"
+            );
+            // col2im is im2col's adjoint: ⟨im2col(x), cols⟩ = ⟨x, col2im(cols)⟩.
+            let dot =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a * b) as f64).sum::<f64>();
+            let (lhs, rhs) = (dot(&expected.0, &cols_in), dot(&x, &expected.1));
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
             );
             for &simd in &levels[1..] {
                 assert_eq!(run(simd), expected, "{:?}, {g:?}, c {c}", simd.level());
