@@ -8,7 +8,7 @@
 //! single-threaded layout copy per call; a small CNN then trains at ~60 images/s on 2 cores.
 //! Here the weight gradient is a `colsᵀ · grad` product (on the CPU, one partial product per
 //! thread over its share of the rows) and the input gradient a `grad · W` product plus col2im.
-//! On the CPU both directions are blocked by images: each rayon task builds (or scatters) a
+//! On the CPU both directions are blocked by images: each rayon task builds (or sums back) a
 //! few images' im2col rows and runs its own single-threaded gemm on them while they are in
 //! cache. Weights keep PyTorch's (C_out, C_in, K, K) layout so checkpoints and the ONNX export
 //! see ordinary convs.
