@@ -144,9 +144,9 @@ fn copy_run(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     }
 }
 
-/// Adds `src` onto `dst` (the same length), 16 values at a time: a plain loop over a
-/// channel vector vectorises only in blocks of several registers and leaves runs of 32 or
-/// fewer channels to its scalar remainder.
+/// Adds `src` onto `dst` (the same length), 16 values at a time through a block held in
+/// registers. Written element by element (or over blocks in place), the adds compiled to
+/// scalar `vaddss` (`perf annotate`), in col2im's 32-channel runs as elsewhere.
 #[inline(always)]
 fn add_run(dst: &mut [f32], src: &[f32]) {
     let (d, d_rest) = dst.as_chunks_mut::<16>();
