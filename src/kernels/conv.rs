@@ -133,6 +133,44 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
     Ok((out, cols, results))
 }
 
+/// The checks both convolution backwards start with: the input, weight, dX (when given) and
+/// dW buffers fit the shapes, and so do the caller's own (`own_fit`), or an error. For an
+/// empty convolution it writes dX and dW as zeros and returns true: nothing is left to do.
+#[allow(clippy::too_many_arguments)]
+fn backward_is_done(
+    x: &[f32],
+    (b, h, w, c): Dims4,
+    wt: &[f32],
+    cout: usize,
+    g: ConvGeometry,
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    dwt: &mut [MaybeUninit<f32>],
+    own_fit: bool,
+) -> Result<bool> {
+    let k = g.kernel * g.kernel * c;
+    if !own_fit
+        || x.len() != b * h * w * c
+        || wt.len() != k * cout
+        || dx.as_ref().is_some_and(|dx| dx.len() != x.len())
+        || dwt.len() != k * cout
+    {
+        candle_core::bail!(
+            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
+            (b, h, w, c),
+            g.kernel
+        );
+    }
+    let m = b * g.output_size(h) * g.output_size(w);
+    if m * cout * k > 0 {
+        return Ok(false);
+    }
+    if let Some(dx) = dx {
+        dx.fill(MaybeUninit::new(0.0));
+    }
+    dwt.fill(MaybeUninit::new(0.0));
+    Ok(true)
+}
+
 /// Backward convolution on the CPU: from dY (B·OH·OW, C_out), `wt`, `x` (B, H, W, C_in) and
 /// the forward im2col matrix (None when it is `x`), writes dX (B·H·W·C_in) and
 /// dW (K·K·C_in, C_out) into `dx` and `dwt`, every element. Without `dx` (an input that
@@ -146,30 +184,15 @@ pub(super) fn conv_backward_cpu(
     cout: usize,
     g: ConvGeometry,
     cols: Option<&[f32]>,
-    dx: Option<&mut [MaybeUninit<f32>]>,
+    mut dx: Option<&mut [MaybeUninit<f32>]>,
     dwt: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
     let m = b * rows_per_image;
-    if dy.len() != m * cout
-        || wt.len() != k * cout
-        || x.len() != b * h * w * c
-        || dx.as_ref().is_some_and(|dx| dx.len() != x.len())
-        || dwt.len() != k * cout
-        || cols.is_some_and(|cols| cols.len() != m * k)
-    {
-        candle_core::bail!(
-            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
-            (b, h, w, c),
-            g.kernel
-        );
-    }
-    if m * cout * k == 0 {
-        if let Some(dx) = dx {
-            dx.fill(MaybeUninit::new(0.0));
-        }
-        dwt.fill(MaybeUninit::new(0.0));
+    let own_fit = dy.len() == m * cout && cols.is_none_or(|cols| cols.len() == m * k);
+    let dims = (b, h, w, c);
+    if backward_is_done(x, dims, wt, cout, g, dx.as_deref_mut(), dwt, own_fit)? {
         return Ok(());
     }
     // dW = colsᵀ · dY (cols is (m, k) row-major, read transposed): the rows split into one
@@ -287,28 +310,12 @@ pub(super) fn conv_backward_recomputing(
     cout: usize,
     g: ConvGeometry,
     dy_rows: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
-    dx: Option<&mut [MaybeUninit<f32>]>,
+    mut dx: Option<&mut [MaybeUninit<f32>]>,
     dwt: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
-    let m = b * rows_per_image;
-    if x.len() != b * h * w * c
-        || wt.len() != k * cout
-        || dx.as_ref().is_some_and(|dx| dx.len() != x.len())
-        || dwt.len() != k * cout
-    {
-        candle_core::bail!(
-            "conv backward: buffers do not fit input {:?}, {cout} channels out, kernel {}",
-            (b, h, w, c),
-            g.kernel
-        );
-    }
-    if m * cout * k == 0 {
-        if let Some(dx) = dx {
-            dx.fill(MaybeUninit::new(0.0));
-        }
-        dwt.fill(MaybeUninit::new(0.0));
+    if backward_is_done(x, (b, h, w, c), wt, cout, g, dx.as_deref_mut(), dwt, true)? {
         return Ok(());
     }
     let per_task = images_per_task(b, rows_per_image);

@@ -16,8 +16,9 @@ import onnx.utils
 import onnxruntime as ort
 import pyarrow.parquet as pq
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+
+from tic_purity import acc
 
 WINDOW = 28
 
@@ -27,14 +28,6 @@ def load(path):
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L"), dtype=np.uint8)
                        for b in t.column("image").to_pylist()])
     return images, np.array(t.column("label").to_pylist())
-
-
-def acc(labels, pred):
-    k = max(labels.max(), pred.max()) + 1
-    m = np.zeros((k, k))
-    np.add.at(m, (pred, labels), 1)
-    r, c = linear_sum_assignment(-m)
-    return m[r, c].sum() / len(labels)
 
 
 def nmi(labels, pred):
