@@ -50,7 +50,7 @@ pub struct Locator {
     /// 1 / the standard deviation of the reference pixels (values / 255).
     scale: f32,
     layers: Vec<ConvBn>,
-    /// The 1×1 convolution to the logit map, (channels, 1), and its bias (1).
+    /// The 1×1 convolution to the logit map, (1, channels) as a linear layer's, and its bias.
     head_weight: Tensor,
     head_bias: Tensor,
     varmap: VarMap,
@@ -93,7 +93,7 @@ impl Locator {
             cin = w;
         }
         let head_weight = vb.get_with_hints(
-            (cin, 1),
+            (1, cin),
             "head.weight",
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
@@ -131,6 +131,7 @@ impl Locator {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device).pp(LOCATOR_PREFIX);
         let mut locator = Self::build(shape, settings.width, vb, varmap.clone())?;
+        crate::train::seeded_init(&varmap, settings.seed ^ 0x10ca7e)?;
         locator.fit_standardisation(&reference.pixels);
         let trainable: Vec<candle_core::Var> = {
             let data = varmap
@@ -243,7 +244,7 @@ impl Locator {
         let (b, height, width, c) = h.dims4()?;
         let map = h
             .reshape((b * height * width, c))?
-            .matmul(&self.head_weight)?
+            .matmul(&self.head_weight.t()?.contiguous()?)?
             .broadcast_add(&self.head_bias)?;
         Ok(map.reshape((b, height * width))?)
     }
@@ -274,11 +275,16 @@ impl Locator {
     /// the image.
     pub fn starts(&self, pixels: &[u8], window: usize) -> Result<Vec<(usize, usize)>> {
         let (h, w) = (self.shape.height, self.shape.width);
-        let maps = self.maps(pixels)?;
-        Ok(maps
-            .chunks_exact(h * w)
-            .map(|map| start_of(map, (h, w), window))
-            .collect())
+        let mut starts = Vec::with_capacity(pixels.len() / (h * w));
+        // A batch of maps at a time: memory does not grow with the number of images.
+        for chunk in pixels.chunks(BATCH * h * w) {
+            let maps = self.maps(chunk)?;
+            starts.extend(
+                maps.chunks_exact(h * w)
+                    .map(|map| start_of(map, (h, w), window)),
+            );
+        }
+        Ok(starts)
     }
 
     /// The locator's parameters (batch-norm statistics and standardisation included).
@@ -379,7 +385,7 @@ impl Locator {
             let y = layer.conv.export_with_bn(&layer.bn, g, &x)?;
             x = g.node("Relu", &[&y], vec![], None);
         }
-        let (c, _) = self.head_weight.dims2()?;
+        let (_, c) = self.head_weight.dims2()?;
         let head = g.constant_f32(
             "locator_head",
             &[1, c, 1, 1],

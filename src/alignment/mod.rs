@@ -655,6 +655,18 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
+        // The same seed trains the same locator.
+        let (again, _) = AlignmentFront::fit(
+            &target,
+            &reference,
+            WINDOW,
+            2,
+            0,
+            Some(settings),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(again, front);
         let mut tensors = front.tensors().unwrap();
         let back =
             AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 4))).unwrap();
