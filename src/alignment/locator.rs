@@ -193,7 +193,14 @@ impl Locator {
                 optimizer.set_learning_rate(one_cycle(step, total));
                 optimizer.backward_step(&loss)?;
                 step += 1;
-                sum += f64::from(loss.to_scalar::<f32>()?) * batch.len() as f64;
+                let value = loss.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    return Err(Error::Invalid(format!(
+                        "align locator: the loss became {value} in epoch {}",
+                        epoch + 1
+                    )));
+                }
+                sum += f64::from(value) * batch.len() as f64;
                 seen += batch.len();
             }
             tracing::info!(
