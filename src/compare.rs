@@ -324,12 +324,13 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 /// schedule other than the default name the row (as the window names tic's), so that rows
 /// trained differently never share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`,
 /// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(window=28,skip=3,view_lambda=1)`,
-/// `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
+/// `cidfd(window=28,radius=3,skip=3,view_lambda=1)`, `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
         for (key, value) in [
             ("window", train.align_window),
+            ("radius", train.align_search_radius),
             ("align", train.neighbour_align_window),
             ("skip", train.neighbour_skip_raw_nearest()),
         ] {
@@ -454,6 +455,17 @@ mod tests {
             (
                 "cidfd(window=28,skip=3,view_lambda=1)".into(),
                 "cidfd-window28-skip3-view_lambda1".into()
+            )
+        );
+        let located = TrainConfig {
+            align_search_radius: 3,
+            ..windowed.clone()
+        };
+        assert_eq!(
+            trained_row_name(false, &located),
+            (
+                "cidfd(window=28,radius=3,skip=3,view_lambda=1)".into(),
+                "cidfd-window28-radius3-skip3-view_lambda1".into()
             )
         );
         let uncorrected = TrainConfig {

@@ -116,6 +116,15 @@ pub struct TrainConfig {
     /// image; a fixed first stage, part of the exported graph (0: off; single-channel images of
     /// at most 64×64 pixels; cIDFD only, the whitening is fitted to the reference set).
     pub align_window: usize,
+    /// With `align_window`: search each image's window only within this many pixels (rows and
+    /// columns) of where a locator puts the object. The locator is a small fully convolutional
+    /// CNN trained to tell target images from reference images; the centre of mass of its
+    /// positive evidence map is the estimate (0: search every offset with the templates alone).
+    pub align_search_radius: usize,
+    /// Channels of the locator's first convolution (its other three have twice as many).
+    pub align_locator_width: usize,
+    /// Epochs of the locator's training (Adam, one-cycle learning rate).
+    pub align_locator_epochs: usize,
     /// Never pair an image with any of its this many nearest images in the raw pixels (PCA to
     /// `neighbour_components`, cosine): where the background dominates the pixels, those are
     /// mostly images on overlapping crops of one background, which share the background more
@@ -180,6 +189,9 @@ impl Default for TrainConfig {
             neighbour_refresh_every: 0,
             neighbour_align_window: 0,
             align_window: 0,
+            align_search_radius: 0,
+            align_locator_width: 16,
+            align_locator_epochs: 6,
             neighbour_skip_raw_nearest: None,
             joint_bank: false,
             fd_background: false,
@@ -198,6 +210,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// How the alignment front places its windows: near a locator's estimate when
+    /// `align_search_radius` is set, else everywhere (None).
+    pub fn align_locate(&self) -> Option<crate::alignment::LocateSettings> {
+        (self.align_search_radius > 0).then_some(crate::alignment::LocateSettings {
+            radius: self.align_search_radius,
+            locator: crate::alignment::LocatorSettings {
+                width: self.align_locator_width,
+                epochs: self.align_locator_epochs,
+                seed: self.seed,
+            },
+        })
+    }
+
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
@@ -311,6 +336,16 @@ impl TrainConfig {
             return bad(
                 "whitening_kernel, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
+        }
+        if self.align_search_radius > 0 && self.align_window == 0 {
+            return bad(
+                "align_search_radius limits the alignment front's search: set align_window > 0",
+            );
+        }
+        if self.align_search_radius > 0
+            && (self.align_locator_width == 0 || self.align_locator_epochs == 0)
+        {
+            return bad("align_search_radius needs a trained locator: align_locator_width and align_locator_epochs must be positive");
         }
         if self.align_window > 0 && self.neighbour_align_window > 0 {
             return bad(

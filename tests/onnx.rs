@@ -150,6 +150,17 @@ fn the_alignment_front_runs_the_same_in_onnx_runtime() {
     });
 }
 
+#[test]
+fn the_located_alignment_front_runs_the_same_in_onnx_runtime() {
+    parity(salient::train::TrainConfig {
+        align_window: 20,
+        align_search_radius: 2,
+        align_locator_width: 4,
+        align_locator_epochs: 1,
+        ..common::tiny_config()
+    });
+}
+
 fn load_error(dir: &Path) -> String {
     InferenceEngine::load(dir, EngineOptions::default())
         .expect_err("model must be refused")

@@ -12,7 +12,10 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 
 mod shift;
-pub use shift::{align_by_templates, best_offsets, Alignment, ShiftKMeans};
+pub use shift::{
+    align_by_templates, align_within, best_offsets, best_offsets_within, Alignment, SearchRegion,
+    ShiftKMeans,
+};
 
 /// ε of reference whitening as a fraction of the mean background eigenvalue (the best of
 /// 0.03 / 0.1 / 0.3 / 1 in a numpy sweep on mnist-grass; docs/research/salient-encoder.md).
@@ -57,6 +60,13 @@ pub enum BaselineError {
     InvalidWindow { window: usize, h: usize, w: usize },
     #[error("{clusters} clusters requested for {n} images: need between 1 and n")]
     InvalidClusters { clusters: usize, n: usize },
+    #[error("image {row}: start offset {start:?} is outside the {rows}x{cols} window offsets")]
+    StartOutside {
+        row: usize,
+        start: (usize, usize),
+        rows: usize,
+        cols: usize,
+    },
 }
 
 /// A fitted linear projection and the projected training (target) data.

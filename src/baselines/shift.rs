@@ -60,12 +60,72 @@ pub struct Alignment {
 /// One image's best (template, offset index, normalised correlation).
 type Best = (usize, usize, f32);
 
+/// Where each image's window may lie: anywhere, or within `radius` pixels (rows and columns)
+/// of that image's start offset, (row, column) of the window's top-left pixel.
+#[derive(Clone, Copy, Debug)]
+pub enum SearchRegion<'a> {
+    Everywhere,
+    Near {
+        starts: &'a [(usize, usize)],
+        radius: usize,
+    },
+}
+
+impl SearchRegion<'_> {
+    /// Whether `offset` is in image `i`'s region.
+    fn allows(&self, i: usize, (row, col): (usize, usize)) -> bool {
+        match *self {
+            SearchRegion::Everywhere => true,
+            SearchRegion::Near { starts, radius } => {
+                let (r0, c0) = starts[i];
+                row.abs_diff(r0) <= radius && col.abs_diff(c0) <= radius
+            }
+        }
+    }
+
+    fn check(&self, n: usize, g: Geometry) -> Result<(), BaselineError> {
+        if let SearchRegion::Near { starts, .. } = *self {
+            let (rows, cols) = (g.h - g.window + 1, g.w - g.window + 1);
+            if starts.len() != n {
+                return Err(BaselineError::ShapeMismatch {
+                    which: "start offsets",
+                    len: starts.len(),
+                    n,
+                    d: 1,
+                });
+            }
+            if let Some(row) = starts.iter().position(|&(r, c)| r >= rows || c >= cols) {
+                return Err(BaselineError::StartOutside {
+                    row,
+                    start: starts[row],
+                    rows,
+                    cols,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Shift-invariant k-means of `n` single-channel `h × w` images, row-major in `images`.
 pub fn align_by_templates(
     images: &[f32],
     n: usize,
     (h, w): (usize, usize),
     settings: ShiftKMeans,
+) -> Result<Alignment, BaselineError> {
+    align_within(images, n, (h, w), settings, SearchRegion::Everywhere)
+}
+
+/// Shift-invariant k-means with each image's window limited to `region`. Templates are seeded
+/// (k-means++) on the windows at the images' start offsets, or at the centre when the region is
+/// everywhere.
+pub fn align_within(
+    images: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    settings: ShiftKMeans,
+    region: SearchRegion,
 ) -> Result<Alignment, BaselineError> {
     let ShiftKMeans {
         window,
@@ -75,6 +135,7 @@ pub fn align_by_templates(
         seed,
     } = settings;
     let geometry = Geometry::checked(images, n, (h, w), window)?;
+    region.check(n, geometry)?;
     let d = h * w;
     if clusters == 0 || clusters > n {
         return Err(BaselineError::InvalidClusters { clusters, n });
@@ -90,11 +151,11 @@ pub fn align_by_templates(
     for restart in 0..restarts.max(1) {
         let mut rng =
             ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(restart as u64));
-        let mut templates = seed_templates(images, n, geometry, clusters, &mut rng);
-        let mut assigned = assign(images, geometry, &templates);
+        let mut templates = seed_templates(images, n, geometry, clusters, region, &mut rng);
+        let mut assigned = assign(images, geometry, &templates, region);
         for _ in 0..iterations {
             templates = update(images, geometry, &assigned, clusters);
-            assigned = assign(images, geometry, &templates);
+            assigned = assign(images, geometry, &templates, region);
         }
         let objective: f64 = assigned.iter().map(|&(_, _, s)| f64::from(s)).sum();
         tracing::info!(restart, objective, "shift-invariant k-means restart done");
@@ -135,7 +196,27 @@ pub fn best_offsets(
     window: usize,
     templates: &[f32],
 ) -> Result<Vec<(usize, usize)>, BaselineError> {
+    best_offsets_within(
+        images,
+        n,
+        (h, w),
+        window,
+        templates,
+        SearchRegion::Everywhere,
+    )
+}
+
+/// [`best_offsets`] with each image's window limited to `region`.
+pub fn best_offsets_within(
+    images: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    window: usize,
+    templates: &[f32],
+    region: SearchRegion,
+) -> Result<Vec<(usize, usize)>, BaselineError> {
     let geometry = Geometry::checked(images, n, (h, w), window)?;
+    region.check(n, geometry)?;
     let len = window * window;
     if templates.is_empty() || !templates.len().is_multiple_of(len) {
         return Err(BaselineError::ShapeMismatch {
@@ -146,7 +227,7 @@ pub fn best_offsets(
         });
     }
     let templates: Vec<Vec<f32>> = templates.chunks_exact(len).map(<[f32]>::to_vec).collect();
-    Ok(assign(images, geometry, &templates)
+    Ok(assign(images, geometry, &templates, region)
         .into_iter()
         .map(|(_, o, _)| geometry.offset(o))
         .collect())
@@ -230,15 +311,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Each image's best template and offset by normalised correlation (templates unit-norm).
-fn assign(images: &[f32], g: Geometry, templates: &[Vec<f32>]) -> Vec<Best> {
+/// Each image's best template and offset in its region by normalised correlation (templates
+/// unit-norm).
+fn assign(images: &[f32], g: Geometry, templates: &[Vec<f32>], region: SearchRegion) -> Vec<Best> {
     let d = g.h * g.w;
     images
         .par_chunks_exact(d)
-        .map(|image| {
+        .enumerate()
+        .map(|(i, image)| {
             let mut window = vec![0.0f32; g.window * g.window];
+            let mut first_allowed = None;
             let mut best = (0, 0, f32::NEG_INFINITY);
             for o in 0..g.offsets() {
+                if !region.allows(i, g.offset(o)) {
+                    continue;
+                }
+                first_allowed.get_or_insert(o);
                 g.copy_window(image, o, &mut window);
                 let norm = window.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if norm == 0.0 {
@@ -252,8 +340,8 @@ fn assign(images: &[f32], g: Geometry, templates: &[Vec<f32>]) -> Vec<Best> {
                 }
             }
             if best.2 == f32::NEG_INFINITY {
-                // An all-zero image: every window correlates 0.
-                best.2 = 0.0;
+                // All-zero windows: every one correlates 0, and the first in the region wins.
+                best = (0, first_allowed.unwrap_or(0), 0.0);
             }
             best
         })
@@ -288,21 +376,29 @@ fn update(images: &[f32], g: Geometry, assigned: &[Best], clusters: usize) -> Ve
     sums
 }
 
-/// k-means++ seeding on each image's centre window (cosine distance).
+/// k-means++ seeding (cosine distance) on each image's window at its start offset, or at the
+/// centre when the region is everywhere.
 fn seed_templates(
     images: &[f32],
     n: usize,
     g: Geometry,
     clusters: usize,
+    region: SearchRegion,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Vec<f32>> {
     let d = g.h * g.w;
-    let centre = ((g.h - g.window) / 2) * (g.w - g.window + 1) + (g.w - g.window) / 2;
+    let across = g.w - g.window + 1;
+    let centre = ((g.h - g.window) / 2) * across + (g.w - g.window) / 2;
+    let start = |i: usize| match region {
+        SearchRegion::Everywhere => centre,
+        SearchRegion::Near { starts, .. } => starts[i].0 * across + starts[i].1,
+    };
     let centres: Vec<Vec<f32>> = images
         .par_chunks_exact(d)
-        .map(|image| {
+        .enumerate()
+        .map(|(i, image)| {
             let mut v = vec![0.0f32; g.window * g.window];
-            g.copy_window(image, centre, &mut v);
+            g.copy_window(image, start(i), &mut v);
             normalise(&mut v);
             v
         })

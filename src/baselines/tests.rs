@@ -485,3 +485,74 @@ fn normalised_whitened_pixels_keep_the_distances_of_reference_whitening() {
         }
     }
 }
+
+#[test]
+fn shift_invariant_kmeans_searches_only_near_each_start() {
+    let (side, n) = (12, 120);
+    let (images, labels, offsets) = moving_patterns(n, side, 0.3, 3);
+    let settings = shift_settings(5);
+    // Radius 0: every window is at its start, here the true offset, and the clustering of
+    // those windows is the patterns'.
+    let pinned = SearchRegion::Near {
+        starts: &offsets,
+        radius: 0,
+    };
+    let found = align_within(&images, n, (side, side), settings, pinned).unwrap();
+    assert_eq!(found.offsets, offsets);
+    assert!(two_cluster_accuracy(&labels, &found.labels) >= 0.95);
+    let fixed = best_offsets_within(&images, n, (side, side), 5, &found.templates, pinned);
+    assert_eq!(fixed.unwrap(), offsets);
+    // Radius 1 around starts two pixels off: no window strays further than one pixel.
+    let starts: Vec<(usize, usize)> = offsets.iter().map(|&(r, c)| (r.max(2) - 2, c)).collect();
+    let near = SearchRegion::Near {
+        starts: &starts,
+        radius: 1,
+    };
+    let found = align_within(&images, n, (side, side), settings, near).unwrap();
+    for (f, s) in found.offsets.iter().zip(&starts) {
+        assert!(
+            f.0.abs_diff(s.0) <= 1 && f.1.abs_diff(s.1) <= 1,
+            "{f:?} from {s:?}"
+        );
+    }
+    // Everywhere is the unrestricted search.
+    let everywhere = align_within(&images, n, (side, side), settings, SearchRegion::Everywhere);
+    assert_eq!(
+        everywhere.unwrap(),
+        align_by_templates(&images, n, (side, side), settings).unwrap()
+    );
+    // Starts that are not offsets of these images are refused with the image named.
+    let mut outside = offsets.clone();
+    outside[7] = (8, 0);
+    let err = align_within(
+        &images,
+        n,
+        (side, side),
+        settings,
+        SearchRegion::Near {
+            starts: &outside,
+            radius: 1,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        BaselineError::StartOutside {
+            row: 7,
+            start: (8, 0),
+            rows: 8,
+            cols: 8
+        }
+    );
+    let short = align_within(
+        &images,
+        n,
+        (side, side),
+        settings,
+        SearchRegion::Near {
+            starts: &offsets[1..],
+            radius: 1,
+        },
+    );
+    assert!(matches!(short, Err(BaselineError::ShapeMismatch { .. })));
+}

@@ -38,7 +38,12 @@ impl RowBatchNorm {
 
 impl Conv {
     /// Conv with the batch norm folded in: W' = W·scale (per output channel), B = shift.
-    fn export_with_bn(&self, bn: &RowBatchNorm, g: &mut GraphBuilder, x: &str) -> Result<String> {
+    pub(crate) fn export_with_bn(
+        &self,
+        bn: &RowBatchNorm,
+        g: &mut GraphBuilder,
+        x: &str,
+    ) -> Result<String> {
         let (cout, cin, kh, kw) = self.weight.dims4()?;
         let (scale, shift) = bn.affine()?;
         let mut w = values(&self.weight)?;

@@ -200,7 +200,7 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
     );
     // The alignment front cuts the object window out of the image before the normalisation.
     let pixels = match &model.alignment {
-        Some(front) => front.export_onnx(&mut g, &pixels),
+        Some(front) => front.export_onnx(&mut g, &pixels)?,
         None => pixels,
     };
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();

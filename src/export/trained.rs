@@ -70,6 +70,10 @@ impl TrainedModel {
                     &tensors,
                     manifest.input.shape,
                     window,
+                    (manifest.config.align_search_radius > 0).then_some((
+                        manifest.config.align_search_radius,
+                        manifest.config.align_locator_width,
+                    )),
                 )
                 .map_err(|message| Error::File {
                     path: weights.clone(),

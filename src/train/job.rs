@@ -124,6 +124,8 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
                 window,
                 k,
                 config.seed,
+                config.align_locate(),
+                &job.device,
             )?;
             let reference_windows = front.crop_set(reference_set)?;
             (Some(front), target_windows, Some(reference_windows))

@@ -616,7 +616,7 @@ impl Trainer {
 /// Re-initialises the random parameters from `seed` (candle's CPU initialisers draw from an
 /// unseedable thread RNG): He-normal weights (std √(2/fan_in)) for convolutions and linear
 /// layers, U(±1/√fan_in) for linear biases; batch-norm parameters keep their constants.
-fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
     use rand_distr::{Distribution, Normal};
     let vars = varmap
         .data()

@@ -7,12 +7,23 @@
 //! any template, and the encoders see that window of the raw image. The same arithmetic runs in
 //! training, in the candle inference path and, as ONNX operators, in the exported graph, so the
 //! whole model still takes the full image.
+//!
+//! With a search radius (`align_search_radius`), a [`Locator`] trained to tell targets from
+//! references first estimates where each image's object is, and the templates are fitted and
+//! matched only within that radius of the estimate.
+
+mod locator;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::baselines::{align_by_templates, best_offsets, ReferenceZca, ShiftKMeans};
+pub use locator::{Locator, LocatorSettings, LOCATOR_PREFIX};
+
+use crate::baselines::{
+    align_within, best_offsets_within, ReferenceZca, SearchRegion, ShiftKMeans,
+};
 use crate::data::ImageShape;
 use crate::error::{Error, Result};
 use crate::export::{attr_int, attr_ints, GraphBuilder};
@@ -36,17 +47,38 @@ pub struct AlignmentFront {
     pub whitening: ReferenceZca,
     /// Unit-norm templates, `k × window²` row-major.
     pub templates: Vec<f32>,
+    /// Where the windows are searched for: near the locator's estimate, or (None) everywhere.
+    pub search: Option<LocatedSearch>,
+}
+
+/// A search near each object's estimated place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocatedSearch {
+    pub locator: Arc<Locator>,
+    /// Rows and columns a window may lie from the locator's start offset.
+    pub radius: usize,
+}
+
+/// How [`AlignmentFront::fit`] places the windows: everywhere (`None`) or near a locator's
+/// estimate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocateSettings {
+    pub radius: usize,
+    pub locator: LocatorSettings,
 }
 
 impl AlignmentFront {
-    /// Fits the front (whitening on `reference`, then `clusters` templates on `target`) and
-    /// returns it with `target` cut to its windows, at the offsets the fit already found.
+    /// Fits the front (whitening on `reference`, with `locate` a locator on targets against
+    /// references, then `clusters` templates on `target`) and returns it with `target` cut to
+    /// its windows, at the offsets the fit already found.
     pub fn fit(
         target: &ImageSet,
         reference: &ImageSet,
         window: usize,
         clusters: usize,
         seed: u64,
+        locate: Option<LocateSettings>,
+        device: &Device,
     ) -> Result<(Self, ImageSet)> {
         let shape = target.shape;
         check_geometry(shape, window)?;
@@ -60,17 +92,33 @@ impl AlignmentFront {
         let whitened = whitening
             .apply(&target.unit_pixels())
             .map_err(|e| Error::Invalid(format!("align_window: {e}")))?;
-        let aligned = align_by_templates(
+        let search = match locate {
+            None => None,
+            Some(settings) => {
+                let locator = Locator::fit(target, reference, settings.locator, device)?;
+                Some(LocatedSearch {
+                    locator: Arc::new(locator),
+                    radius: settings.radius,
+                })
+            }
+        };
+        let starts = match &search {
+            Some(s) => Some(s.locator.starts(&target.pixels, window)?),
+            None => None,
+        };
+        let aligned = align_within(
             &whitened,
             target.len(),
             (shape.height, shape.width),
             ShiftKMeans::suite(window, clusters, seed),
+            region(starts.as_deref(), search.as_ref()),
         )
         .map_err(|e| Error::Invalid(format!("align_window: {e}")))?;
         tracing::info!(
             window,
             templates = clusters,
             objective = aligned.objective,
+            radius = search.as_ref().map(|s| s.radius),
             "fitted the alignment front"
         );
         let front = Self {
@@ -78,6 +126,7 @@ impl AlignmentFront {
             window,
             whitening,
             templates: aligned.templates,
+            search,
         };
         let windows = front.cropped_set(target, &aligned.offsets);
         Ok((front, windows))
@@ -104,12 +153,17 @@ impl AlignmentFront {
             .whitening
             .apply(&unit)
             .map_err(|e| Error::Invalid(format!("alignment front: {e}")))?;
-        best_offsets(
+        let starts = match &self.search {
+            Some(s) => Some(s.locator.starts(pixels, self.window)?),
+            None => None,
+        };
+        best_offsets_within(
             &whitened,
             pixels.len() / d,
             (self.shape.height, self.shape.width),
             self.window,
             &self.templates,
+            region(starts.as_deref(), self.search.as_ref()),
         )
         .map_err(|e| Error::Invalid(format!("alignment front: {e}")))
     }
@@ -151,7 +205,11 @@ impl AlignmentFront {
         let d = self.shape.len();
         let len = self.window * self.window;
         let cpu = Device::Cpu;
-        Ok(HashMap::from([
+        let mut tensors = match &self.search {
+            Some(s) => s.locator.tensors()?,
+            None => HashMap::new(),
+        };
+        tensors.extend([
             (
                 MEAN_TENSOR.to_string(),
                 Tensor::from_slice(&self.whitening.mean, d, &cpu)?,
@@ -164,15 +222,18 @@ impl AlignmentFront {
                 TEMPLATES_TENSOR.to_string(),
                 Tensor::from_slice(&self.templates, (self.templates.len() / len, len), &cpu)?,
             ),
-        ]))
+        ]);
+        Ok(tensors)
     }
 
-    /// The front of a model whose images have `shape`, from its stored tensors; the error
-    /// names the tensor that is missing or has the wrong shape.
+    /// The front of a model whose images have `shape`, from its stored tensors, with a
+    /// locator of `(radius, width)` when the model searches near one; the error names the
+    /// tensor that is missing or has the wrong shape.
     pub fn from_tensors(
         tensors: &HashMap<String, Tensor>,
         shape: ImageShape,
         window: usize,
+        locate: Option<(usize, usize)>,
     ) -> std::result::Result<Self, String> {
         check_geometry(shape, window).map_err(|e| e.to_string())?;
         let d = shape.len();
@@ -198,11 +259,19 @@ impl AlignmentFront {
             &|s| s.len() == 2 && s[0] > 0 && s[1] == len,
             &format!("[k, {len}]"),
         )?;
+        let search = match locate {
+            None => None,
+            Some((radius, width)) => Some(LocatedSearch {
+                locator: Arc::new(Locator::from_tensors(tensors, shape, width)?),
+                radius,
+            }),
+        };
         Ok(Self {
             shape,
             window,
             whitening: ReferenceZca { mean, matrix },
             templates,
+            search,
         })
     }
 
@@ -210,7 +279,10 @@ impl AlignmentFront {
     /// aligned windows (float N×1×w×w, the same values). Whitening is a MatMul, the
     /// correlations a Conv with the templates divided by each window's norm (a Conv of the
     /// squares with ones), and the window is gathered at the ArgMax offset.
-    pub fn export_onnx(&self, g: &mut GraphBuilder, pixels: &str) -> String {
+    ///
+    /// With a located search, the locator's start offsets come from the same pixels, and every
+    /// offset more than the radius away from them scores below any window before the ArgMax.
+    pub fn export_onnx(&self, g: &mut GraphBuilder, pixels: &str) -> Result<String> {
         let (h, w, win) = (self.shape.height, self.shape.width, self.window);
         let d = h * w;
         let (rows, cols) = (h - win + 1, w - win + 1);
@@ -245,6 +317,27 @@ impl AlignmentFront {
             vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
             None,
         );
+        let best = match &self.search {
+            None => best,
+            Some(search) => {
+                let (start_row, start_col) = search.locator.export_onnx(g, pixels, self.window)?;
+                let radius = g.constant_f32("align_radius", &[], &[search.radius as f32]);
+                let near = |g: &mut GraphBuilder, start: &str, grid: Vec<f32>| {
+                    let grid = g.constant_f32("align_offset_grid", &[1, rows, cols], &grid);
+                    let apart = g.node("Sub", &[&grid, start], vec![], None);
+                    let apart = g.node("Abs", &[&apart], vec![], None);
+                    g.node("LessOrEqual", &[&apart, &radius], vec![], None)
+                };
+                let row_grid = (0..rows * cols).map(|i| (i / cols) as f32).collect();
+                let col_grid = (0..rows * cols).map(|i| (i % cols) as f32).collect();
+                let near_rows = near(g, &start_row, row_grid);
+                let near_cols = near(g, &start_col, col_grid);
+                let allowed = g.node("And", &[&near_rows, &near_cols], vec![], None);
+                // Below any normalised correlation (all lie in [−1, 1]).
+                let outside = g.constant_f32("align_outside", &[], &[-1e30]);
+                g.node("Where", &[&allowed, &best, &outside], vec![], None)
+            }
+        };
         let offsets_shape = g.constant_i64("align_offsets_shape", &[-1, (rows * cols) as i64]);
         let best = g.node("Reshape", &[&best, &offsets_shape], vec![], None);
         // The first offset of the highest score, in row-major order, as `best_offsets` picks.
@@ -272,7 +365,21 @@ impl AlignmentFront {
             None,
         );
         let window_shape = g.constant_i64("align_window_shape", &[-1, 1, win as i64, win as i64]);
-        g.node("Reshape", &[&gathered, &window_shape], vec![], None)
+        Ok(g.node("Reshape", &[&gathered, &window_shape], vec![], None))
+    }
+}
+
+/// The search region of `starts` under `search` (everywhere without a locator).
+fn region<'a>(
+    starts: Option<&'a [(usize, usize)]>,
+    search: Option<&LocatedSearch>,
+) -> SearchRegion<'a> {
+    match (starts, search) {
+        (Some(starts), Some(search)) => SearchRegion::Near {
+            starts,
+            radius: search.radius,
+        },
+        _ => SearchRegion::Everywhere,
     }
 }
 
@@ -371,6 +478,7 @@ mod tests {
                 matrix,
             },
             templates,
+            search: None,
         }
     }
 
@@ -408,7 +516,8 @@ mod tests {
     fn fitting_gives_unit_templates_one_per_cluster_and_crops_at_the_fitted_offsets() {
         let (target, _) = images(120, true, 3);
         let (reference, _) = images(120, false, 4);
-        let (front, fitted) = AlignmentFront::fit(&target, &reference, WINDOW, 2, 0).unwrap();
+        let (front, fitted) =
+            AlignmentFront::fit(&target, &reference, WINDOW, 2, 0, None, &Device::Cpu).unwrap();
         assert_eq!(front.templates.len(), 2 * WINDOW * WINDOW);
         for t in front.templates.chunks_exact(WINDOW * WINDOW) {
             let norm = t.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -434,19 +543,19 @@ mod tests {
     fn the_stored_tensors_give_the_same_front_and_a_bad_one_is_named() {
         let front = known_front();
         let mut tensors = front.tensors().unwrap();
-        let back = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW).unwrap();
+        let back = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, None).unwrap();
         assert_eq!(back, front);
         tensors.insert(
             TEMPLATES_TENSOR.into(),
             Tensor::zeros((2, 10), candle_core::DType::F32, &Device::Cpu).unwrap(),
         );
-        let err = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW).unwrap_err();
+        let err = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, None).unwrap_err();
         assert!(
             err.contains(TEMPLATES_TENSOR) && err.contains("[k, 64]"),
             "{err}"
         );
         tensors.remove(MEAN_TENSOR);
-        let err = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW).unwrap_err();
+        let err = AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, None).unwrap_err();
         assert!(err.contains(MEAN_TENSOR), "{err}");
     }
 
@@ -457,13 +566,130 @@ mod tests {
             shape: ImageShape::new(3, 4, 4),
             ..target.clone()
         };
-        let err = AlignmentFront::fit(&colour, &colour, 2, 2, 0)
+        let err = AlignmentFront::fit(&colour, &colour, 2, 2, 0, None, &Device::Cpu)
             .unwrap_err()
             .to_string();
         assert!(err.contains("single-channel"), "{err}");
-        let err = AlignmentFront::fit(&target, &target, SIDE + 1, 2, 0)
+        let err = AlignmentFront::fit(&target, &target, SIDE + 1, 2, 0, None, &Device::Cpu)
             .unwrap_err()
             .to_string();
         assert!(err.contains("align_window (17)"), "{err}");
+    }
+
+    fn locate(radius: usize) -> LocateSettings {
+        LocateSettings {
+            radius,
+            locator: LocatorSettings {
+                width: 4,
+                epochs: 8,
+                seed: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_locator_finds_the_objects_and_the_front_searches_only_near_it() {
+        let (target, corners) = images(160, true, 6);
+        let (reference, _) = images(160, false, 7);
+        let (front, fitted) = AlignmentFront::fit(
+            &target,
+            &reference,
+            WINDOW,
+            2,
+            0,
+            Some(locate(1)),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let search = front.search.as_ref().expect("a located search");
+        // The window centred on the object starts one pixel before its corner (the object's
+        // centre is 2.5 px in, the window's 3.5).
+        let starts = search.locator.starts(&target.pixels, WINDOW).unwrap();
+        let near = starts
+            .iter()
+            .zip(&corners)
+            .filter(|(s, c)| s.0.abs_diff(c.0 - 1) <= 1 && s.1.abs_diff(c.1 - 1) <= 1)
+            .count();
+        assert!(
+            near * 10 >= corners.len() * 9,
+            "{near} of {} starts near the object",
+            corners.len()
+        );
+        let offsets = front.offsets(&target.pixels).unwrap();
+        for (o, s) in offsets.iter().zip(&starts) {
+            assert!(
+                o.0.abs_diff(s.0) <= 1 && o.1.abs_diff(s.1) <= 1,
+                "{o:?} from {s:?}"
+            );
+        }
+        assert_eq!(fitted.pixels, front.crop(&target.pixels).unwrap());
+        // Without a locator the same front searches everywhere again.
+        let everywhere = AlignmentFront {
+            search: None,
+            ..front.clone()
+        };
+        assert_eq!(
+            everywhere.offsets(&target.pixels).unwrap().len(),
+            target.len()
+        );
+    }
+
+    #[test]
+    fn a_stored_locator_gives_the_same_front_and_a_missing_tensor_is_named() {
+        let (target, _) = images(40, true, 8);
+        let (reference, _) = images(40, false, 9);
+        let settings = LocateSettings {
+            locator: LocatorSettings {
+                epochs: 1,
+                ..locate(2).locator
+            },
+            ..locate(2)
+        };
+        let (front, _) = AlignmentFront::fit(
+            &target,
+            &reference,
+            WINDOW,
+            2,
+            0,
+            Some(settings),
+            &Device::Cpu,
+        )
+        .unwrap();
+        // The same seed trains the same locator.
+        let (again, _) = AlignmentFront::fit(
+            &target,
+            &reference,
+            WINDOW,
+            2,
+            0,
+            Some(settings),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(again, front);
+        let mut tensors = front.tensors().unwrap();
+        let back =
+            AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 4))).unwrap();
+        assert_eq!(back, front);
+        assert_eq!(
+            back.offsets(&target.pixels).unwrap(),
+            front.offsets(&target.pixels).unwrap()
+        );
+        // A locator of another width does not fit the stored tensors.
+        let err =
+            AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 8))).unwrap_err();
+        assert!(err.contains("align_locator_width = 8"), "{err}");
+        let name = format!("{LOCATOR_PREFIX}.head.weight");
+        tensors.remove(&name);
+        let err =
+            AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 4))).unwrap_err();
+        assert!(
+            err.contains("head.weight") || err.contains("tensors under"),
+            "{err}"
+        );
+        tensors.remove(&format!("{LOCATOR_PREFIX}.mean"));
+        let err =
+            AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 4))).unwrap_err();
+        assert!(err.contains("align.locator.mean"), "{err}");
     }
 }
