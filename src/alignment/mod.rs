@@ -645,28 +645,22 @@ mod tests {
             },
             ..locate(2)
         };
-        let (front, _) = AlignmentFront::fit(
-            &target,
-            &reference,
-            WINDOW,
-            2,
-            0,
-            Some(settings),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let fit = || {
+            AlignmentFront::fit(
+                &target,
+                &reference,
+                WINDOW,
+                2,
+                0,
+                Some(settings),
+                &Device::Cpu,
+            )
+            .unwrap()
+            .0
+        };
+        let front = fit();
         // The same seed trains the same locator.
-        let (again, _) = AlignmentFront::fit(
-            &target,
-            &reference,
-            WINDOW,
-            2,
-            0,
-            Some(settings),
-            &Device::Cpu,
-        )
-        .unwrap();
-        assert_eq!(again, front);
+        assert_eq!(fit(), front);
         let mut tensors = front.tensors().unwrap();
         let back =
             AlignmentFront::from_tensors(&tensors, front.shape, WINDOW, Some((2, 4))).unwrap();
