@@ -102,15 +102,16 @@ impl AlignmentFront {
                 })
             }
         };
-        let starts = match &search {
-            Some(s) => Some(s.locator.starts(&target.pixels, window)?),
-            None => None,
-        };
+        let starts = located_starts(search.as_ref(), &target.pixels, window)?;
         let aligned = align_within(
             &whitened,
             target.len(),
             (shape.height, shape.width),
-            ShiftKMeans::suite(window, clusters, seed),
+            if search.is_some() {
+                ShiftKMeans::located(window, clusters, seed)
+            } else {
+                ShiftKMeans::suite(window, clusters, seed)
+            },
             region(starts.as_deref(), search.as_ref()),
         )
         .map_err(|e| Error::Invalid(format!("align_window: {e}")))?;
@@ -153,10 +154,7 @@ impl AlignmentFront {
             .whitening
             .apply(&unit)
             .map_err(|e| Error::Invalid(format!("alignment front: {e}")))?;
-        let starts = match &self.search {
-            Some(s) => Some(s.locator.starts(pixels, self.window)?),
-            None => None,
-        };
+        let starts = located_starts(self.search.as_ref(), pixels, self.window)?;
         best_offsets_within(
             &whitened,
             pixels.len() / d,
@@ -367,6 +365,15 @@ impl AlignmentFront {
         let window_shape = g.constant_i64("align_window_shape", &[-1, 1, win as i64, win as i64]);
         Ok(g.node("Reshape", &[&gathered, &window_shape], vec![], None))
     }
+}
+
+/// The locator's start offsets of `pixels` when the front searches near them.
+fn located_starts(
+    search: Option<&LocatedSearch>,
+    pixels: &[u8],
+    window: usize,
+) -> Result<Option<Vec<(usize, usize)>>> {
+    search.map(|s| s.locator.starts(pixels, window)).transpose()
 }
 
 /// The search region of `starts` under `search` (everywhere without a locator).

@@ -23,6 +23,11 @@ pub struct ShiftKMeans {
     /// Restarts from different k-means++ seedings; the one with the highest summed correlation
     /// wins (the objective, which reads no labels).
     pub restarts: usize,
+    /// Rounds of spherical k-means on the windows at the start offsets (held there) between the
+    /// seeding and the search. The search then starts from templates that average many
+    /// windows: single seeded windows carry their own noise, and the first search rounds move
+    /// the offsets toward it.
+    pub start_rounds: usize,
     pub seed: u64,
 }
 
@@ -37,7 +42,17 @@ impl ShiftKMeans {
             clusters,
             iterations: 15,
             restarts: 3,
+            start_rounds: 0,
             seed,
+        }
+    }
+
+    /// [`ShiftKMeans::suite`] for a search near located starts: 20 rounds of k-means on the
+    /// start windows before it, since a start is already close to the object.
+    pub fn located(window: usize, clusters: usize, seed: u64) -> Self {
+        Self {
+            start_rounds: 20,
+            ..Self::suite(window, clusters, seed)
         }
     }
 }
@@ -132,6 +147,7 @@ pub fn align_within(
         clusters,
         iterations,
         restarts,
+        start_rounds,
         seed,
     } = settings;
     let geometry = Geometry::checked(images, n, (h, w), window)?;
@@ -147,11 +163,20 @@ pub fn align_within(
             col: i % d,
         });
     }
+    let starts = start_offsets(region, n, geometry);
+    let at_starts = SearchRegion::Near {
+        starts: &starts,
+        radius: 0,
+    };
     let mut best: Option<(f64, Vec<Best>, Vec<Vec<f32>>)> = None;
     for restart in 0..restarts.max(1) {
         let mut rng =
             ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(restart as u64));
-        let mut templates = seed_templates(images, n, geometry, clusters, region, &mut rng);
+        let mut templates = seed_templates(images, n, geometry, clusters, &starts, &mut rng);
+        for _ in 0..start_rounds {
+            let held = assign(images, geometry, &templates, at_starts);
+            templates = update(images, geometry, &held, clusters);
+        }
         let mut assigned = assign(images, geometry, &templates, region);
         for _ in 0..iterations {
             templates = update(images, geometry, &assigned, clusters);
@@ -376,23 +401,26 @@ fn update(images: &[f32], g: Geometry, assigned: &[Best], clusters: usize) -> Ve
     sums
 }
 
-/// k-means++ seeding (cosine distance) on each image's window at its start offset, or at the
-/// centre when the region is everywhere.
+/// Each image's start offset: its region's start, or the centre when the region is everywhere.
+fn start_offsets(region: SearchRegion, n: usize, g: Geometry) -> Vec<(usize, usize)> {
+    match region {
+        SearchRegion::Everywhere => vec![((g.h - g.window) / 2, (g.w - g.window) / 2); n],
+        SearchRegion::Near { starts, .. } => starts.to_vec(),
+    }
+}
+
+/// k-means++ seeding (cosine distance) on each image's window at its start offset.
 fn seed_templates(
     images: &[f32],
     n: usize,
     g: Geometry,
     clusters: usize,
-    region: SearchRegion,
+    starts: &[(usize, usize)],
     rng: &mut ChaCha8Rng,
 ) -> Vec<Vec<f32>> {
     let d = g.h * g.w;
     let across = g.w - g.window + 1;
-    let centre = ((g.h - g.window) / 2) * across + (g.w - g.window) / 2;
-    let start = |i: usize| match region {
-        SearchRegion::Everywhere => centre,
-        SearchRegion::Near { starts, .. } => starts[i].0 * across + starts[i].1,
-    };
+    let start = |i: usize| starts[i].0 * across + starts[i].1;
     let centres: Vec<Vec<f32>> = images
         .par_chunks_exact(d)
         .enumerate()

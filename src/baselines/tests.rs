@@ -1,5 +1,8 @@
 //! Tests of `crate::baselines`.
+use std::collections::HashMap;
+
 use super::*;
+
 #[test]
 fn reference_whitening_amplifies_what_the_backgrounds_do_not_vary_in() {
     // Background: large variance on axis 0, small on axis 1. Targets differ from each other
@@ -353,6 +356,7 @@ fn shift_settings(window: usize) -> ShiftKMeans {
         clusters: 2,
         iterations: 10,
         restarts: 3,
+        start_rounds: 0,
         seed: 7,
     }
 }
@@ -364,22 +368,7 @@ fn shift_invariant_kmeans_finds_patterns_wherever_they_are() {
     let found = align_by_templates(&images, n, (side, side), shift_settings(5)).unwrap();
     let acc = two_cluster_accuracy(&labels, &found.labels);
     assert!(acc >= 0.95, "accuracy {acc}");
-    // A template may hold its pattern a pixel or two off centre, so within a cluster the found
-    // offsets follow the true ones up to one constant displacement.
-    let mut aligned = 0;
-    for cluster in 0..2 {
-        let mut shifts = std::collections::HashMap::new();
-        for ((t, f), _) in offsets
-            .iter()
-            .zip(&found.offsets)
-            .zip(&found.labels)
-            .filter(|(_, &l)| l == cluster)
-        {
-            let shift = (f.0 as isize - t.0 as isize, f.1 as isize - t.1 as isize);
-            *shifts.entry(shift).or_insert(0usize) += 1;
-        }
-        aligned += shifts.values().max().copied().unwrap_or(0);
-    }
+    let aligned = aligned_images(&offsets, &found);
     assert!(aligned >= n * 9 / 10, "{aligned} of {n} images aligned");
     assert_eq!(found.windows.len(), n * 25);
     for w in found.windows.chunks_exact(25) {
@@ -484,6 +473,94 @@ fn normalised_whitened_pixels_keep_the_distances_of_reference_whitening() {
             assert!((da - db).abs() < 1e-4, "rows {i}, {j}: {da} against {db}");
         }
     }
+}
+
+/// Images whose window is at the true offset, up to one constant displacement per cluster (a
+/// template may hold its pattern a pixel or two off centre).
+fn aligned_images(offsets: &[(usize, usize)], found: &Alignment) -> usize {
+    let mut shifts: HashMap<usize, HashMap<(isize, isize), usize>> = HashMap::new();
+    for ((t, f), &l) in offsets.iter().zip(&found.offsets).zip(&found.labels) {
+        let shift = (f.0 as isize - t.0 as isize, f.1 as isize - t.1 as isize);
+        *shifts.entry(l).or_default().entry(shift).or_default() += 1;
+    }
+    shifts
+        .values()
+        .map(|counts| counts.values().max().copied().unwrap_or(0))
+        .sum()
+}
+
+/// `n` images of `side × side` Gaussian noise (σ 1) with one of `kinds` random binary `p × p`
+/// patterns added at a random offset, and starts up to a pixel off each true offset: the
+/// images, the true offsets, the starts.
+#[allow(clippy::type_complexity)]
+fn faint_patterns(
+    n: usize,
+    side: usize,
+    p: usize,
+    kinds: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0.0f32, 1.0).unwrap();
+    let patterns: Vec<Vec<f32>> = (0..kinds)
+        .map(|_| {
+            (0..p * p)
+                .map(|_| f32::from(rng.random_bool(0.4)))
+                .collect()
+        })
+        .collect();
+    let (mut images, mut offsets, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let top = rng.random_range(0..=side - p);
+        let left = rng.random_range(0..=side - p);
+        let mut image: Vec<f32> = (0..side * side).map(|_| rng.sample(normal)).collect();
+        for (j, v) in patterns[i % kinds].iter().enumerate() {
+            image[(top + j / p) * side + left + j % p] += v;
+        }
+        let mut jitter = |v: usize| {
+            (v + rng.random_range(0..=2))
+                .saturating_sub(1)
+                .min(side - p)
+        };
+        starts.push((jitter(top), jitter(left)));
+        images.extend(image);
+        offsets.push((top, left));
+    }
+    (images, offsets, starts)
+}
+
+#[test]
+fn start_rounds_keep_a_located_search_on_the_objects() {
+    // Faint patterns in noise of their own strength, starts a pixel off at most: templates
+    // seeded from single windows are mostly noise, and a search against them drifts windows
+    // off their patterns; k-means rounds on the start windows first average the noise away.
+    let (side, p, kinds, n) = (16, 8, 4, 400);
+    let (mut with, mut without) = (0, 0);
+    for seed in 1..=4 {
+        let (images, offsets, starts) = faint_patterns(n, side, p, kinds, seed);
+        let near = SearchRegion::Near {
+            starts: &starts,
+            radius: 2,
+        };
+        let run = |start_rounds| {
+            let settings = ShiftKMeans {
+                clusters: kinds,
+                start_rounds,
+                ..shift_settings(p)
+            };
+            aligned_images(
+                &offsets,
+                &align_within(&images, n, (side, side), settings, near).unwrap(),
+            )
+        };
+        without += run(0);
+        with += run(20);
+    }
+    assert!(
+        with >= without + 4 * n / 25,
+        "aligned with start rounds {with}, without {without} of {}",
+        4 * n
+    );
 }
 
 #[test]
