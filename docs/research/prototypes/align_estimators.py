@@ -15,6 +15,7 @@ from scipy import ndimage
 from align_truth import alignment_scores, windows_kmeans
 from neighbour_purity import load
 from tic_purity import WINDOW, tic
+from tic_windows import whiten
 
 def report(name, offsets, truth, z, y, span, groups=None):
     g = np.zeros(len(offsets), int) if groups is None else groups
@@ -52,11 +53,8 @@ def main(directory, offsets_txt):
     truth = np.loadtxt(offsets_txt, dtype=int)[:, 4:6]
     xf, bf = x.reshape(n, -1), b.reshape(len(b), -1)
     mu = bf.mean(0)
-    cb = np.cov(bf - mu, rowvar=False)
-    ev, v = np.linalg.eigh(cb)
-    white = v @ np.diag(1 / np.sqrt(ev.clip(0) + ev.mean())) @ v.T
-    z = ((xf - mu) @ white).reshape(n, h, w).astype(np.float32)
-    zb = ((bf - mu) @ white).reshape(len(b), h, w)
+    white = whiten(x, b)
+    z, zb = white(x), white(b)
 
     # Excess whitened energy, blurred; centroid and best box.
     e = z ** 2 - (zb ** 2).mean(0)
@@ -66,7 +64,7 @@ def main(directory, offsets_txt):
         report(f"excess energy σ{s} box", box_offsets(eb, span), truth, z, y, span)
     # Wiener estimate of the object: Σo (Σo + Σb)^-1 (x − μ), Σo = Σx − Σb.
     ct = np.cov(xf, rowvar=False)
-    so = ct - cb
+    so = ct - np.cov(bf, rowvar=False)
     wiener = np.linalg.solve(ct, so).T  # (Σx^-1 Σo)^T = Σo Σx^-1
     d = ((xf - xf.mean(0)) @ wiener.T).reshape(n, h, w)
     report("wiener estimate centroid", centroid_offsets(d, span), truth, z, y, span)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from align_estimators import box_offsets, centroid_offsets, report
 from neighbour_purity import load
 from tic_purity import WINDOW
+from tic_windows import whiten
 
 
 def net(width, arch="dilated"):
@@ -42,17 +43,14 @@ def main(directory, offsets_txt, epochs=6, width=16, source="raw"):
     n, h, w = x.shape
     span = h - WINDOW + 1
     truth = np.loadtxt(offsets_txt, dtype=int)[:, 4:6]
-    xf, bf = x.reshape(n, -1), b.reshape(len(b), -1)
-    mu = bf.mean(0)
-    ev, v = np.linalg.eigh(np.cov(bf - mu, rowvar=False))
-    white = v @ np.diag(1 / np.sqrt(ev.clip(0) + ev.mean())) @ v.T
-    z = ((xf - mu) @ white).reshape(n, h, w).astype(np.float32)
+    white = whiten(x, b)
+    z = white(x)
     if source == "zca":
-        inp_t, inp_b = z, ((bf - mu) @ white).reshape(len(b), h, w).astype(np.float32)
+        inp_t, inp_b = z, white(b)
     else:
-        s = bf.std()
-        inp_t = ((x - mu.reshape(h, w)) / s).astype(np.float32)
-        inp_b = ((b - mu.reshape(h, w)) / s).astype(np.float32)
+        mu, s = b.mean(0), b.std()
+        inp_t = ((x - mu) / s).astype(np.float32)
+        inp_b = ((b - mu) / s).astype(np.float32)
     data = torch.from_numpy(np.concatenate([inp_t, inp_b]))[:, None]
     target = torch.cat([torch.ones(n), torch.zeros(len(b))])
     # Hold out 10% of each side to report how well the detector tells them apart.
