@@ -300,6 +300,37 @@ fn pca_784_timing() {
     assert_eq!(p.embedding.len(), n * 50);
 }
 
+/// `n` images of `side × side` Gaussian noise (σ `noise`), image `i` with `patterns[i % len]`
+/// (each `p × p`, row-major) added at a random offset: the images, the pattern of each, the
+/// offsets.
+#[allow(clippy::type_complexity)]
+fn patterns_in_noise(
+    patterns: &[Vec<f32>],
+    p: usize,
+    n: usize,
+    side: usize,
+    noise: f32,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<f32>, Vec<usize>, Vec<(usize, usize)>) {
+    let normal = rand_distr::Normal::new(0.0f32, noise).unwrap();
+    let (mut images, mut labels, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let label = i % patterns.len();
+        let (top, left) = (
+            rng.random_range(0..=side - p),
+            rng.random_range(0..=side - p),
+        );
+        let mut image: Vec<f32> = (0..side * side).map(|_| rng.sample(normal)).collect();
+        for (j, v) in patterns[label].iter().enumerate() {
+            image[(top + j / p) * side + left + j % p] += v;
+        }
+        images.extend(image);
+        labels.push(label);
+        offsets.push((top, left));
+    }
+    (images, labels, offsets)
+}
+
 /// `n` images of `side × side` Gaussian noise (σ `noise`), each with one of two 5×5 patterns (a
 /// plus and a ring) added at a random offset: the images, the pattern of each, the offsets.
 #[allow(clippy::type_complexity)]
@@ -309,38 +340,14 @@ fn moving_patterns(
     noise: f32,
     seed: u64,
 ) -> (Vec<f32>, Vec<usize>, Vec<(usize, usize)>) {
-    let plus: [[f32; 5]; 5] =
-        std::array::from_fn(|r| std::array::from_fn(|c| if r == 2 || c == 2 { 1.0 } else { 0.0 }));
-    let ring: [[f32; 5]; 5] = std::array::from_fn(|r| {
-        std::array::from_fn(|c| {
-            if r == 0 || r == 4 || c == 0 || c == 4 {
-                1.0
-            } else {
-                0.0
-            }
-        })
-    });
+    let plus = (0..25)
+        .map(|j| f32::from(j / 5 == 2 || j % 5 == 2))
+        .collect();
+    let ring = (0..25)
+        .map(|j| f32::from(j / 5 == 0 || j / 5 == 4 || j % 5 == 0 || j % 5 == 4))
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = rand_distr::Normal::new(0.0f32, noise).unwrap();
-    let (mut images, mut labels, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let label = i % 2;
-        let pattern = if label == 0 { &plus } else { &ring };
-        let (top, left) = (
-            rng.random_range(0..=side - 5),
-            rng.random_range(0..=side - 5),
-        );
-        let mut image: Vec<f32> = (0..side * side).map(|_| rng.sample(normal)).collect();
-        for (r, row) in pattern.iter().enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                image[(top + r) * side + left + c] += v;
-            }
-        }
-        images.extend(image);
-        labels.push(label);
-        offsets.push((top, left));
-    }
-    (images, labels, offsets)
+    patterns_in_noise(&[plus, ring], 5, n, side, noise, &mut rng)
 }
 
 /// Share of images whose cluster matches their pattern, under the better of the two matchings.
@@ -501,7 +508,6 @@ fn faint_patterns(
     seed: u64,
 ) -> (Vec<f32>, Vec<(usize, usize)>, Vec<(usize, usize)>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = rand_distr::Normal::new(0.0f32, 1.0).unwrap();
     let patterns: Vec<Vec<f32>> = (0..kinds)
         .map(|_| {
             (0..p * p)
@@ -509,23 +515,16 @@ fn faint_patterns(
                 .collect()
         })
         .collect();
-    let (mut images, mut offsets, mut starts) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let top = rng.random_range(0..=side - p);
-        let left = rng.random_range(0..=side - p);
-        let mut image: Vec<f32> = (0..side * side).map(|_| rng.sample(normal)).collect();
-        for (j, v) in patterns[i % kinds].iter().enumerate() {
-            image[(top + j / p) * side + left + j % p] += v;
-        }
-        let mut jitter = |v: usize| {
-            (v + rng.random_range(0..=2))
-                .saturating_sub(1)
-                .min(side - p)
-        };
-        starts.push((jitter(top), jitter(left)));
-        images.extend(image);
-        offsets.push((top, left));
-    }
+    let (images, _, offsets) = patterns_in_noise(&patterns, p, n, side, 1.0, &mut rng);
+    let mut jitter = |v: usize| {
+        (v + rng.random_range(0..=2))
+            .saturating_sub(1)
+            .min(side - p)
+    };
+    let starts = offsets
+        .iter()
+        .map(|&(r, c)| (jitter(r), jitter(c)))
+        .collect();
     (images, offsets, starts)
 }
 
