@@ -20,8 +20,8 @@ from sklearn.cluster import KMeans
 from align_estimators import centroid_offsets, report
 from cam_align import net
 from neighbour_purity import load
-from tic_purity import WINDOW, acc, aligned, assign, windows
-from tic_windows import crop, whiten, write
+from tic_purity import WINDOW, aligned, windows
+from tic_windows import best_restart, whiten, write_windows
 
 EPOCHS, WIDTH, RADIUS, K, ITERS, RESTARTS = 6, 16, 3, 10, 15, 3
 # The detector's layers (cam_align.net); CAM_ARCH=plain for four 3×3 convolutions.
@@ -84,6 +84,11 @@ def local_tic(z, init, seed):
         templates /= np.linalg.norm(templates, axis=1, keepdims=True)
 
 
+def located_search(z, init, seed, y):
+    """The best of RESTARTS local searches from init (labels, offsets, objective, templates)."""
+    return best_restart(lambda r: local_tic(z, init, seed * RESTARTS + r), RESTARTS, y)
+
+
 def main(directory, out, seed, offsets_txt=None):
     seed = int(seed)
     x, y = load(f"{directory}/target.parquet")
@@ -92,24 +97,12 @@ def main(directory, out, seed, offsets_txt=None):
     white = whiten(x, b)
     z, zb = white(x), white(b)
     init = centroid_offsets(detector_maps(x, b, seed), span)
-    best = None
-    for r in range(RESTARTS):
-        t0 = time.time()
-        kk, oo, obj, templates = local_tic(z, init, seed * RESTARTS + r)
-        print(f"restart {r}: objective {obj:.1f}, ACC {acc(y, kk):.4f} ({time.time() - t0:.0f} s)",
-              flush=True)
-        if best is None or obj > best[2]:
-            best = (kk, oo, obj, templates)
-    kk, oo, _, templates = best
+    kk, oo, _, templates = located_search(z, init, seed, y)
     if offsets_txt:
         truth = np.loadtxt(offsets_txt, dtype=int)[:, 4:6]
         report("detector centroid", init, truth, z, y, span)
         report("then local tic (best objective)", oo, truth, z, y, span, groups=kk)
-    _, ob, _ = assign(zb, templates)
-    os.makedirs(out, exist_ok=True)
-    write(f"{out}/target.parquet", crop(x, oo), y)
-    write(f"{out}/reference.parquet", crop(b, ob), yb)
-    print(f"wrote {len(x)} + {len(b)} windows of {WINDOW}x{WINDOW} to {out}")
+    write_windows(out, x, y, oo, b, yb, zb, templates)
 
 
 if __name__ == "__main__":

@@ -62,13 +62,8 @@ def main(model_path, directory, offsets_txt, local=None):
     report("front", offset, truth, z, y, span, groups=templates)
     if local:
         cam_windows.KMeans = {"kmeans": KMeans, "plusplus": PlusPlusOnly}[local]
-        best = None
-        for s in range(3):
-            kk, oo, obj, _ = cam_windows.local_tic(z, start, s)
-            print(f"local tic ({local}) restart {s}: objective {obj:.1f}", flush=True)
-            if best is None or obj > best[2]:
-                best = (kk, oo, obj)
-        report(f"local tic ({local}) from the starts", best[1], truth, z, y, span, groups=best[0])
+        kk, oo, _, _ = cam_windows.located_search(z, start, 0, y)
+        report(f"local tic ({local}) from the starts", oo, truth, z, y, span, groups=kk)
 
 
 if __name__ == "__main__":

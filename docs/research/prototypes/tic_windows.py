@@ -53,25 +53,37 @@ def write(path, windows, labels):
     os.replace(tmp, path)
 
 
+def best_restart(run, restarts, y):
+    """Of run(0) … run(restarts − 1), each (labels, offsets, objective, templates), the one with
+    the highest objective (no labels read; y only scores each restart in the log)."""
+    best = None
+    for r in range(restarts):
+        t0 = time.time()
+        kk, oo, obj, templates = run(r)
+        print(f"restart {r}: objective {obj:.1f}, ACC {acc(y, kk):.4f} ({time.time() - t0:.0f} s)",
+              flush=True)
+        if best is None or obj > best[2]:
+            best = (kk, oo, obj, templates)
+    return best
+
+
+def write_windows(out, x, y, offsets, b, yb, zb, templates):
+    """Writes the targets' windows at `offsets` and the references' windows at their best
+    offsets against `templates` (on their whitened pixels zb) as OUT's dataset."""
+    _, ob, _ = assign(zb, templates)
+    os.makedirs(out, exist_ok=True)
+    write(f"{out}/target.parquet", crop(x, offsets), y)
+    write(f"{out}/reference.parquet", crop(b, ob), yb)
+    print(f"wrote {len(x)} + {len(b)} windows of {WINDOW}x{WINDOW} to {out}")
+
+
 def main(directory, out, k=10, iters=15, restarts=3):
     x, y = load(f"{directory}/target.parquet")
     b, yb = load(f"{directory}/reference.parquet")
     white = whiten(x, b)
     z, zb = white(x), white(b)
-    best = None
-    for r in range(restarts):
-        t0 = time.time()
-        kk, oo, obj, templates = tic(z, k, iters, seed=r)
-        print(f"restart {r}: objective {obj:.1f}, ACC {acc(y, kk):.3f} ({time.time() - t0:.0f} s)",
-              flush=True)
-        if best is None or obj > best[1]:
-            best = (oo, obj, templates)
-    oo, _, templates = best
-    _, ob, _ = assign(zb, templates)
-    os.makedirs(out, exist_ok=True)
-    write(f"{out}/target.parquet", crop(x, oo), y)
-    write(f"{out}/reference.parquet", crop(b, ob), yb)
-    print(f"wrote {len(x)} + {len(b)} windows of {WINDOW}x{WINDOW} to {out}")
+    _, oo, _, templates = best_restart(lambda r: tic(z, k, iters, seed=r), restarts, y)
+    write_windows(out, x, y, oo, b, yb, zb, templates)
 
 
 if __name__ == "__main__":
