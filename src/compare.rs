@@ -21,10 +21,6 @@ use crate::train::{ImageSet, Method, TrainConfig};
 
 pub use crate::baselines::WHITENING_SHRINKAGE;
 
-/// Shift-invariant k-means' default window: the 28×28 frame of the bundled objects (MNIST and
-/// Fashion-MNIST), which the shifted datasets place at random offsets in 36×36 images.
-pub const DEFAULT_ALIGN_WINDOW: usize = 28;
-
 /// The methods `compare` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -53,7 +49,7 @@ pub struct CompareJob {
     pub components: usize,
     /// The α grid of contrastive PCA.
     pub cpca_alphas: Vec<f64>,
-    /// Side of shift-invariant k-means' windows; 0: [`DEFAULT_ALIGN_WINDOW`] or the image's
+    /// Side of shift-invariant k-means' windows; 0: [`crate::alignment::DEFAULT_WINDOW`] or the image's
     /// smaller side if that is less.
     pub align_window: usize,
     /// Settings of the IDFD and cIDFD runs (method and seed are set per run).
@@ -206,7 +202,9 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         None => started.elapsed().as_secs_f64(),
     };
     let window = match job.align_window {
-        0 => DEFAULT_ALIGN_WINDOW.min(shape.height).min(shape.width),
+        0 => crate::alignment::DEFAULT_WINDOW
+            .min(shape.height)
+            .min(shape.width),
         w => w,
     };
     // The projections are done: free the reference pixels before IDFD / cIDFD train.
@@ -328,9 +326,16 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
+        // An unset window is the default front: it names nothing. A set window names its
+        // radius as well, default or not, so that both searches keep distinct rows.
+        let (window, radius) = match train.align_window {
+            None => (0, train.align_search_radius.unwrap_or(0)),
+            Some(0) => (0, 0),
+            Some(window) => (window, train.align_search_radius()),
+        };
         for (key, value) in [
-            ("window", train.align_window),
-            ("radius", train.align_search_radius),
+            ("window", window),
+            ("radius", radius),
             ("align", train.neighbour_align_window),
             ("skip", train.neighbour_skip_raw_nearest()),
         ] {
@@ -447,7 +452,8 @@ mod tests {
             )
         );
         let windowed = TrainConfig {
-            align_window: 28,
+            align_window: Some(28),
+            align_search_radius: Some(0),
             ..default.clone()
         };
         assert_eq!(
@@ -458,7 +464,7 @@ mod tests {
             )
         );
         let located = TrainConfig {
-            align_search_radius: 3,
+            align_search_radius: None,
             ..windowed.clone()
         };
         assert_eq!(

@@ -114,13 +114,16 @@ pub struct TrainConfig {
     /// correlates best with one of the templates that shift-invariant k-means fits to the
     /// reference-whitened target images (one per cluster), for objects that move within the
     /// image; a fixed first stage, part of the exported graph (0: off; single-channel images of
-    /// at most 64×64 pixels; cIDFD only, the whitening is fitted to the reference set).
-    pub align_window: usize,
+    /// at most 64×64 pixels; cIDFD only, the whitening is fitted to the reference set; unset:
+    /// 28 for cIDFD on single-channel images whose sides both exceed 28, see
+    /// [`crate::alignment::default_window`], else off).
+    pub align_window: Option<usize>,
     /// With `align_window`: search each image's window only within this many pixels (rows and
     /// columns) of where a locator puts the object. The locator is a small fully convolutional
     /// CNN trained to tell target images from reference images; the centre of mass of its
-    /// positive evidence map is the estimate (0: search every offset with the templates alone).
-    pub align_search_radius: usize,
+    /// positive evidence map is the estimate (0: search every offset with the templates alone;
+    /// unset: 3 wherever a window is on).
+    pub align_search_radius: Option<usize>,
     /// Channels of the locator's first convolution (its other three have twice as many).
     pub align_locator_width: usize,
     /// Epochs of the locator's training (Adam, one-cycle learning rate).
@@ -188,8 +191,8 @@ impl Default for TrainConfig {
             neighbour_components: 64,
             neighbour_refresh_every: 0,
             neighbour_align_window: 0,
-            align_window: 0,
-            align_search_radius: 0,
+            align_window: None,
+            align_search_radius: None,
             align_locator_width: 16,
             align_locator_epochs: 6,
             neighbour_skip_raw_nearest: None,
@@ -210,11 +213,52 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The alignment front's window for images of `shape`, 0 for none: as set, else
+    /// [`crate::alignment::default_window`] for cIDFD without a second alignment of the
+    /// neighbour search, else 0.
+    pub fn align_window_for(&self, shape: crate::data::ImageShape) -> usize {
+        self.align_window.unwrap_or(
+            if self.method == Method::Cidfd && self.neighbour_align_window == 0 {
+                crate::alignment::default_window(shape)
+            } else {
+                0
+            },
+        )
+    }
+
+    /// The alignment front's window as set (0 while unset: before training resolves it for
+    /// the images with [`TrainConfig::resolve_for_images`], and in manifests, it is set).
+    pub fn align_window(&self) -> usize {
+        self.align_window.unwrap_or(0)
+    }
+
+    /// The search radius of the alignment front: as set, else
+    /// [`crate::alignment::DEFAULT_SEARCH_RADIUS`] wherever a window is on (or may be, while
+    /// the window is unset).
+    pub fn align_search_radius(&self) -> usize {
+        self.align_search_radius.unwrap_or(match self.align_window {
+            Some(0) => 0,
+            _ => crate::alignment::DEFAULT_SEARCH_RADIUS,
+        })
+    }
+
+    /// Settles the settings that depend on the images (the alignment front's window and, with
+    /// it, its search radius), so that the manifest records them as used.
+    pub fn resolve_for_images(&mut self, shape: crate::data::ImageShape) {
+        let window = self.align_window_for(shape);
+        self.align_window = Some(window);
+        self.align_search_radius = Some(if window > 0 {
+            self.align_search_radius()
+        } else {
+            0
+        });
+    }
+
     /// How the alignment front places its windows: near a locator's estimate when
     /// `align_search_radius` is set, else everywhere (None).
     pub fn align_locate(&self) -> Option<crate::alignment::LocateSettings> {
-        (self.align_search_radius > 0).then_some(crate::alignment::LocateSettings {
-            radius: self.align_search_radius,
+        (self.align_search_radius() > 0).then_some(crate::alignment::LocateSettings {
+            radius: self.align_search_radius(),
             locator: crate::alignment::LocatorSettings {
                 width: self.align_locator_width,
                 epochs: self.align_locator_epochs,
@@ -331,23 +375,24 @@ impl TrainConfig {
         if self.method == Method::Idfd
             && (self.whitening_kernel() > 0
                 || self.neighbour_positives() > 0
-                || self.align_window > 0)
+                || self.align_window() > 0)
         {
             return bad(
                 "whitening_kernel, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
         }
-        if self.align_search_radius > 0 && self.align_window == 0 {
+        if self.align_search_radius.is_some_and(|r| r > 0) && self.align_window == Some(0) {
             return bad(
                 "align_search_radius limits the alignment front's search: set align_window > 0",
             );
         }
-        if self.align_search_radius > 0
+        if self.align_window != Some(0)
+            && self.align_search_radius() > 0
             && (self.align_locator_width == 0 || self.align_locator_epochs == 0)
         {
             return bad("align_search_radius needs a trained locator: align_locator_width and align_locator_epochs must be positive");
         }
-        if self.align_window > 0 && self.neighbour_align_window > 0 {
+        if self.align_window() > 0 && self.neighbour_align_window > 0 {
             return bad(
                 "align_window already aligns the images the neighbours are found in: leave neighbour_align_window at 0",
             );
@@ -561,14 +606,14 @@ mod tests {
                 paper.two_view_lambda(),
                 paper.align_window
             ),
-            (0, 0, 0.0, 0)
+            (0, 0, 0.0, Some(0))
         );
     }
 
     #[test]
     fn the_alignment_front_needs_cidfd_and_no_second_alignment() {
         let front = TrainConfig {
-            align_window: 28,
+            align_window: Some(28),
             ..Default::default()
         };
         front.validate().unwrap();
@@ -589,6 +634,72 @@ mod tests {
         };
         let err = twice.validate().unwrap_err().to_string();
         assert!(err.contains("neighbour_align_window"), "{err}");
+    }
+
+    #[test]
+    fn an_unset_window_aligns_only_where_a_window_has_room_to_move() {
+        use crate::data::ImageShape;
+        let shape = |channels, height, width| ImageShape {
+            channels,
+            height,
+            width,
+        };
+        let resolved = |config: &TrainConfig, s: ImageShape| {
+            let mut config = config.clone();
+            config.resolve_for_images(s);
+            config.validate().unwrap();
+            (config.align_window, config.align_search_radius)
+        };
+        let default = TrainConfig::default();
+        // The shifted benchmark sets: 28×28 objects in 36×36 crops.
+        assert_eq!(resolved(&default, shape(1, 36, 36)), (Some(28), Some(3)));
+        assert_eq!(resolved(&default, shape(1, 64, 40)), (Some(28), Some(3)));
+        // No room to move (the aligned sets), colour, or beyond the dense whitening: off.
+        for s in [
+            shape(1, 28, 28),
+            shape(1, 36, 28),
+            shape(3, 36, 36),
+            shape(1, 65, 64),
+        ] {
+            assert_eq!(resolved(&default, s), (Some(0), Some(0)), "{s}");
+        }
+        // IDFD reads no reference set; an aligned neighbour search is the other alignment.
+        let idfd = TrainConfig {
+            method: Method::Idfd,
+            neighbour_positives: Some(0),
+            whitening_kernel: Some(0),
+            ..Default::default()
+        };
+        let neighbours = TrainConfig {
+            neighbour_align_window: 28,
+            ..Default::default()
+        };
+        for config in [idfd, neighbours] {
+            assert_eq!(resolved(&config, shape(1, 36, 36)), (Some(0), Some(0)));
+        }
+        // What is set stays set: a window without a radius searches near the locator's
+        // estimate, and radius 0 searches everywhere.
+        let set = TrainConfig {
+            align_window: Some(20),
+            ..Default::default()
+        };
+        assert_eq!(resolved(&set, shape(1, 28, 28)), (Some(20), Some(3)));
+        let everywhere = TrainConfig {
+            align_search_radius: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(resolved(&everywhere, shape(1, 36, 36)), (Some(28), Some(0)));
+        let off = TrainConfig {
+            align_window: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(resolved(&off, shape(1, 36, 36)), (Some(0), Some(0)));
+        // A radius with the window switched off is a contradiction.
+        let contradiction = TrainConfig {
+            align_search_radius: Some(2),
+            ..off
+        };
+        assert!(contradiction.validate().is_err());
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn parity(config: salient::train::TrainConfig) {
     let architecture = config.architecture;
     let whitening = config.whitening_kernel() > 0;
-    let aligned = config.align_window > 0;
+    let aligned = config.align_window() > 0;
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, target) = trained(dir.path(), config);
     let manifest = Manifest::read(&model_dir).unwrap();
@@ -145,7 +145,8 @@ fn the_reference_whitening_layer_runs_the_same_in_onnx_runtime() {
 #[test]
 fn the_alignment_front_runs_the_same_in_onnx_runtime() {
     parity(salient::train::TrainConfig {
-        align_window: 20,
+        align_window: Some(20),
+        align_search_radius: Some(0),
         ..common::tiny_config()
     });
 }
@@ -153,8 +154,8 @@ fn the_alignment_front_runs_the_same_in_onnx_runtime() {
 #[test]
 fn the_located_alignment_front_runs_the_same_in_onnx_runtime() {
     parity(salient::train::TrainConfig {
-        align_window: 20,
-        align_search_radius: 2,
+        align_window: Some(20),
+        align_search_radius: Some(2),
         align_locator_width: 4,
         align_locator_epochs: 1,
         ..common::tiny_config()

@@ -79,6 +79,15 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
         (10, 16, 2)
     );
     assert_eq!(manifest.input.shape.len(), 784);
+    // 28×28 images leave a 28×28 object no room to move: the default front stays off, and
+    // the manifest records it so.
+    assert_eq!(
+        (
+            manifest.config.align_window,
+            manifest.config.align_search_radius
+        ),
+        (Some(0), Some(0))
+    );
     assert_eq!(manifest.training_data.target_rows, 256);
     assert_eq!(manifest.training_data.reference_rows, 256);
     assert_eq!(manifest.training_data.target[0].footer_sha256.len(), 64);
@@ -125,6 +134,60 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
         err.to_string().contains("differs from the manifest"),
         "{err}"
     );
+}
+
+#[test]
+fn the_default_aligns_objects_that_move_within_larger_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = datasets::build_with_rows(
+        DatasetName::MnistGrassShifted,
+        dir.path(),
+        0,
+        &datasets::default_sources_dir(),
+        Some(256),
+    )
+    .unwrap();
+    let config = TrainConfig {
+        align_locator_epochs: 1,
+        eval_every: 0,
+        ..small_config(1)
+    };
+    run(&job(dir.path(), &data, config, false)).unwrap();
+    let model = dir.path().join("model");
+    let manifest = Manifest::read(&model).unwrap();
+    assert_eq!(manifest.input.shape.len(), 36 * 36);
+    assert_eq!(
+        (
+            manifest.config.align_window,
+            manifest.config.align_search_radius
+        ),
+        (Some(28), Some(3))
+    );
+    // The fitted front and its locator are stored with the encoders, and the exported model
+    // (which reloads them from the weights) still takes whole 36×36 images.
+    let tensors =
+        candle_core::safetensors::load(model.join(WEIGHTS_FILE), &candle_core::Device::Cpu)
+            .unwrap();
+    for name in [
+        salient::alignment::TEMPLATES_TENSOR,
+        salient::alignment::WHITENING_TENSOR,
+    ] {
+        assert!(tensors.contains_key(name), "{name} missing");
+    }
+    assert!(
+        tensors
+            .keys()
+            .any(|k| k.starts_with(salient::alignment::LOCATOR_PREFIX)),
+        "no locator tensors"
+    );
+    let scores = evaluate_model(
+        &model,
+        data.target.to_str().unwrap(),
+        "label",
+        SizePolicy::Exact,
+    )
+    .unwrap();
+    assert_eq!(scores.n, 256);
 }
 
 #[test]

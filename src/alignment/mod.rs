@@ -37,6 +37,26 @@ pub const TEMPLATES_TENSOR: &str = "align.templates";
 /// The most pixels an image may have: the whitening is a dense `d × d` matrix.
 pub const MAX_PIXELS: usize = 64 * 64;
 
+/// The window of an unset `align_window` (and of `compare --methods tic`): the side of the
+/// MNIST and Fashion-MNIST objects the benchmark sets move within larger crops.
+pub const DEFAULT_WINDOW: usize = 28;
+
+/// The search radius of an unset `align_search_radius` wherever a window is on.
+pub const DEFAULT_SEARCH_RADIUS: usize = 3;
+
+/// The window an unset `align_window` gives images of `shape`: [`DEFAULT_WINDOW`] where the
+/// front can run and there is room to move a window of that side (single channel, both sides
+/// larger than it, at most [`MAX_PIXELS`] pixels), else 0 (off). On images no larger than the
+/// window, cutting a window would change nothing but the cost.
+pub fn default_window(shape: ImageShape) -> usize {
+    let room = shape.height.min(shape.width) > DEFAULT_WINDOW;
+    if shape.channels == 1 && room && shape.len() <= MAX_PIXELS {
+        DEFAULT_WINDOW
+    } else {
+        0
+    }
+}
+
 /// A fitted alignment front.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlignmentFront {

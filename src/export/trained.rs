@@ -63,15 +63,17 @@ impl TrainedModel {
         } else {
             None
         };
-        let alignment = match manifest.config.align_window {
+        // Training records the window and radius it used; a manifest without them predates
+        // the front.
+        let alignment = match manifest.config.align_window() {
             0 => None,
             window => Some(
                 crate::alignment::AlignmentFront::from_tensors(
                     &tensors,
                     manifest.input.shape,
                     window,
-                    (manifest.config.align_search_radius > 0).then_some((
-                        manifest.config.align_search_radius,
+                    (manifest.config.align_search_radius() > 0).then_some((
+                        manifest.config.align_search_radius(),
                         manifest.config.align_locator_width,
                     )),
                 )

@@ -69,6 +69,14 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     };
     let shape = probe_table_shape(&job.target, &options)?;
     tracing::info!(target = %job.target, %shape, "reading the target table");
+    config.resolve_for_images(shape);
+    if job.config.align_window.is_none() && config.align_window() > 0 {
+        tracing::info!(
+            window = config.align_window(),
+            radius = config.align_search_radius(),
+            "the images leave room to move: the alignment front is on (align_window = 0 turns it off)"
+        );
+    }
     // Labels are loaded for evaluation only; the training step never sees them.
     let target = ImageSet::load(&job.target, shape, LabelRequirement::Optional, job.size)?;
     if job.config.neighbour_skip_raw_nearest.is_none() {
@@ -115,7 +123,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     }
     // The alignment front replaces every image by its object window before anything else
     // sees it: the normalisation, the whitening filter, the neighbours and the encoders.
-    let (front, target, reference) = match (config.align_window, &reference) {
+    let (front, target, reference) = match (config.align_window(), &reference) {
         (0, _) => (None, target, reference),
         (window, Some(reference_set)) => {
             let (front, target_windows) = crate::alignment::AlignmentFront::fit(
