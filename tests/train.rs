@@ -5,6 +5,7 @@ use salient::data::SizePolicy;
 use salient::datasets::{self, DatasetName};
 use salient::evaluate::evaluate_model;
 use salient::manifest::{Manifest, CHECKPOINT_FILE, TRAINING_LOG_FILE, WEIGHTS_FILE};
+use salient::metrics::ClusterScores;
 use salient::train::job::{run, TrainJob};
 use salient::train::{Method, TrainConfig};
 
@@ -21,14 +22,34 @@ fn small_config(epochs: usize) -> TrainConfig {
     }
 }
 
-/// The first `rows` rows of mnist-grass (targets and references), built with `seed`.
-fn mnist_grass(dir: &std::path::Path, seed: u64, rows: usize) -> datasets::BuiltDataset {
+/// The first `rows` rows of a bundled dataset (targets and references), built with `seed`.
+fn built(
+    name: DatasetName,
+    dir: &std::path::Path,
+    seed: u64,
+    rows: usize,
+) -> datasets::BuiltDataset {
     datasets::build_with_rows(
-        DatasetName::MnistGrass,
+        name,
         dir,
         seed,
         &datasets::default_sources_dir(),
         Some(rows),
+    )
+    .unwrap()
+}
+
+fn mnist_grass(dir: &std::path::Path, seed: u64, rows: usize) -> datasets::BuiltDataset {
+    built(DatasetName::MnistGrass, dir, seed, rows)
+}
+
+/// The saved model's (ONNX Runtime's) scores on its training table.
+fn evaluated(model: &std::path::Path, data: &datasets::BuiltDataset) -> ClusterScores {
+    evaluate_model(
+        model,
+        data.target.to_str().unwrap(),
+        "label",
+        SizePolicy::Exact,
     )
     .unwrap()
 }
@@ -103,13 +124,7 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
     }
 
     // Evaluating the saved model on its training table reproduces the training metrics.
-    let scores = evaluate_model(
-        &model,
-        data.target.to_str().unwrap(),
-        "label",
-        SizePolicy::Exact,
-    )
-    .unwrap();
+    let scores = evaluated(&model, &data);
     assert_eq!(scores.n, 256);
     assert!(
         (scores.acc - metrics.acc).abs() < 1e-9,
@@ -139,20 +154,13 @@ fn cidfd_trains_writes_a_model_directory_and_evaluates() {
 #[test]
 fn the_default_aligns_objects_that_move_within_larger_images() {
     let dir = tempfile::tempdir().unwrap();
-    let data = datasets::build_with_rows(
-        DatasetName::MnistGrassShifted,
-        dir.path(),
-        0,
-        &datasets::default_sources_dir(),
-        Some(256),
-    )
-    .unwrap();
+    let data = built(DatasetName::MnistGrassShifted, dir.path(), 0, 256);
     let config = TrainConfig {
         align_locator_epochs: 1,
         eval_every: 0,
         ..small_config(1)
     };
-    run(&job(dir.path(), &data, config, false)).unwrap();
+    let report = run(&job(dir.path(), &data, config, false)).unwrap();
     let model = dir.path().join("model");
     let manifest = Manifest::read(&model).unwrap();
     assert_eq!(manifest.input.shape.len(), 36 * 36);
@@ -163,8 +171,8 @@ fn the_default_aligns_objects_that_move_within_larger_images() {
         ),
         (Some(28), Some(3))
     );
-    // The fitted front and its locator are stored with the encoders, and the exported model
-    // (which reloads them from the weights) still takes whole 36×36 images.
+    // The fitted front and its locator are stored with the encoders, and the exported graph
+    // computes them: it takes whole 36×36 images and reproduces the training metrics.
     let tensors =
         candle_core::safetensors::load(model.join(WEIGHTS_FILE), &candle_core::Device::Cpu)
             .unwrap();
@@ -180,14 +188,15 @@ fn the_default_aligns_objects_that_move_within_larger_images() {
             .any(|k| k.starts_with(salient::alignment::LOCATOR_PREFIX)),
         "no locator tensors"
     );
-    let scores = evaluate_model(
-        &model,
-        data.target.to_str().unwrap(),
-        "label",
-        SizePolicy::Exact,
-    )
-    .unwrap();
+    let metrics = report.metrics.expect("labelled target gives metrics");
+    let scores = evaluated(&model, &data);
     assert_eq!(scores.n, 256);
+    assert!(
+        (scores.acc - metrics.acc).abs() < 1e-9,
+        "{} vs {}",
+        scores.acc,
+        metrics.acc
+    );
 }
 
 #[test]
