@@ -386,7 +386,8 @@ impl TrainConfig {
                 "align_search_radius limits the alignment front's search: set align_window > 0",
             );
         }
-        if self.align_window != Some(0)
+        // An unset window is checked once training has settled it for the images.
+        if self.align_window() > 0
             && self.align_search_radius() > 0
             && (self.align_locator_width == 0 || self.align_locator_epochs == 0)
         {
@@ -694,6 +695,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolved(&off, shape(1, 36, 36)), (Some(0), Some(0)));
+        // Without a locator the front cannot search near one: refused once the window is
+        // settled (an unset window on images without room needs none).
+        let no_locator = TrainConfig {
+            align_locator_epochs: 0,
+            ..Default::default()
+        };
+        no_locator.validate().unwrap();
+        assert_eq!(resolved(&no_locator, shape(1, 28, 28)), (Some(0), Some(0)));
+        let mut on = no_locator.clone();
+        on.resolve_for_images(shape(1, 36, 36));
+        assert!(on.validate().unwrap_err().to_string().contains("locator"));
         // A radius with the window switched off is a contradiction.
         let contradiction = TrainConfig {
             align_search_radius: Some(2),

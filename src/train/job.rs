@@ -70,6 +70,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     let shape = probe_table_shape(&job.target, &options)?;
     tracing::info!(target = %job.target, %shape, "reading the target table");
     config.resolve_for_images(shape);
+    config.validate()?;
     if job.config.align_window.is_none() && config.align_window() > 0 {
         tracing::info!(
             window = config.align_window(),
