@@ -49,8 +49,8 @@ pub struct CompareJob {
     pub components: usize,
     /// The α grid of contrastive PCA.
     pub cpca_alphas: Vec<f64>,
-    /// Side of shift-invariant k-means' windows; 0: [`crate::alignment::DEFAULT_WINDOW`] or the image's
-    /// smaller side if that is less.
+    /// Side of shift-invariant k-means' windows; 0: [`crate::alignment::DEFAULT_WINDOW`], or
+    /// the image's smaller side if that is less.
     pub align_window: usize,
     /// Settings of the IDFD and cIDFD runs (method and seed are set per run).
     pub train: TrainConfig,
