@@ -755,12 +755,87 @@ pub(super) fn conv_rows(
     }
     let (oh, ow) = (geometry.output_size(h), geometry.output_size(w));
     // (C_out, C_in, K, K) → (C_out, K, K, C_in) → (K·K·C_in, C_out), matching im2col's rows.
-    let wt = weight
-        .permute((0, 2, 3, 1))?
-        .reshape((cout, kh * kw * cin))?
-        .t()?
-        .contiguous()?;
+    let wt = if weight.device().is_cpu() {
+        weight.apply_op1(WeightMatrixCpu)?
+    } else {
+        weight
+            .permute((0, 2, 3, 1))?
+            .reshape((cout, kh * kw * cin))?
+            .t()?
+            .contiguous()?
+    };
     Ok((product(x, &wt, geometry)?, (b, oh, ow)))
+}
+
+/// A convolution's weight (C_out, C_in, K, K) as the (K·K·C_in, C_out) matrix that multiplies
+/// im2col's rows (ordered ky, kx, c), in one CPU node whose backward writes the weight's
+/// gradient in the weight's own layout. As candle's permute, reshape, transpose and copy,
+/// the backward passed a transposed, permuted view down, copied element by element twice
+/// (by the reshape, and when the gradient was stored) on the main thread while the workers
+/// waited.
+struct WeightMatrixCpu;
+
+impl CustomOp1 for WeightMatrixCpu {
+    fn name(&self) -> &'static str {
+        "conv-weight-matrix"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = f32_contiguous(storage, layout, self.name())?;
+        let (cout, cin, kh, kw) = dims4(layout, self.name())?;
+        let taps = kh * kw;
+        let mut wt = vec![0f32; w.len()];
+        // (max(1): an empty weight has no filters to move.)
+        for (co, filter) in w.chunks_exact((cin * taps).max(1)).enumerate() {
+            for (ci, channel) in filter.chunks_exact(taps.max(1)).enumerate() {
+                for (t, &v) in channel.iter().enumerate() {
+                    wt[(t * cin + ci) * cout + co] = v;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(wt), Shape::from((taps * cin, cout))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dims = arg.dims4()?;
+        let dw = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&WeightFromMatrixCpu { dims })?;
+        Ok(Some(dw))
+    }
+}
+
+/// The inverse of [`WeightMatrixCpu`]: a (K·K·C_in, C_out) matrix back to (C_out, C_in, K, K).
+struct WeightFromMatrixCpu {
+    dims: Dims4,
+}
+
+impl CustomOp1 for WeightFromMatrixCpu {
+    fn name(&self) -> &'static str {
+        "conv-weight-from-matrix"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let wt = f32_contiguous(storage, layout, self.name())?;
+        let (cout, cin, kh, kw) = self.dims;
+        let taps = kh * kw;
+        if wt.len() != cout * cin * taps {
+            candle_core::bail!(
+                "{}: {} values do not fit a weight of {:?}",
+                self.name(),
+                wt.len(),
+                self.dims
+            );
+        }
+        let mut w = vec![0f32; wt.len()];
+        for (j, row) in wt.chunks_exact(cout.max(1)).enumerate() {
+            let (t, ci) = (j / cin, j % cin);
+            for (co, &v) in row.iter().enumerate() {
+                w[(co * cin + ci) * taps + t] = v;
+            }
+        }
+        Ok((CpuStorage::F32(w), Shape::from(self.dims)))
+    }
 }
 
 /// im2col as a tensor (`im2col` builds the (B, OH, OW, K·K·C_in) columns; 1×1 stride-1
@@ -817,4 +892,47 @@ pub(super) fn im2col_by_views(x: &Tensor, geometry: ConvGeometry) -> Result<Tens
         }
     }
     Tensor::cat(&taps, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// The weight-matrix node equals candle's permute, reshape and transpose, forward, and its
+    /// backward gives the weight the same gradient (the same values, moved), also for an empty
+    /// weight.
+    #[test]
+    fn the_weight_matrix_node_equals_the_view_chain() {
+        let (cout, cin, k) = (5, 3, 3);
+        let device = Device::Cpu;
+        let values: Vec<f32> = (0..cout * cin * k * k).map(|i| i as f32).collect();
+        let w = Var::from_tensor(&Tensor::from_vec(values, (cout, cin, k, k), &device).unwrap())
+            .unwrap();
+        let by_views = w
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .reshape((cout, k * k * cin))
+            .unwrap()
+            .t()
+            .unwrap();
+        let ours = w.apply_op1(WeightMatrixCpu).unwrap();
+        assert_eq!(ours.dims(), &[k * k * cin, cout]);
+        assert_eq!(
+            ours.to_vec2::<f32>().unwrap(),
+            by_views.to_vec2::<f32>().unwrap()
+        );
+        let up: Vec<f32> = (0..k * k * cin * cout).map(|i| (i as f32).sin()).collect();
+        let up = Tensor::from_vec(up, (k * k * cin, cout), &device).unwrap();
+        let gradient = |t: Tensor| -> Vec<f32> {
+            let grads = (t * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = grads.get(&w).unwrap();
+            assert_eq!(g.dims(), &[cout, cin, k, k]);
+            g.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert_eq!(gradient(ours), gradient(by_views));
+        let empty = Tensor::zeros((0, 2, 3, 3), DType::F32, &device).unwrap();
+        let matrix = empty.apply_op1(WeightMatrixCpu).unwrap();
+        assert_eq!(matrix.dims(), &[18, 0]);
+    }
 }

@@ -71,21 +71,27 @@ impl CustomOp1 for MeanPoolBackwardCpu {
         let (b, c) = layout.shape().dims2()?;
         let pixels = self.h * self.w;
         let k = scale(pixels);
-        let mut dx: Vec<f32> = vec![0f32; b * pixels * c];
-        if pixels > 0 && c > 0 {
+        let len = b * pixels * c;
+        let mut dx: Vec<f32> = Vec::with_capacity(len);
+        if len > 0 {
             let simd = Simd::current();
-            dx.par_chunks_mut(pixels * c)
+            dx.spare_capacity_mut()[..len]
+                .par_chunks_mut(pixels * c)
                 .zip(g.par_chunks(c))
                 .for_each(|(image, g)| {
                     simd.run(
                         #[inline(always)]
                         || {
                             for row in image.chunks_exact_mut(c) {
-                                row.iter_mut().zip(g).for_each(|(d, &v)| *d = v * k);
+                                row.iter_mut().zip(g).for_each(|(d, &v)| {
+                                    d.write(v * k);
+                                });
                             }
                         },
                     )
                 });
+            // SAFETY: one chunk of H·W·C values per image, every value written.
+            unsafe { dx.set_len(len) };
         }
         Ok((CpuStorage::F32(dx), Shape::from((b, self.h, self.w, c))))
     }
