@@ -358,9 +358,9 @@ pub(super) fn conv_backward_recomputing(
     };
     // One part of consecutive images per thread, as equal as whole images allow, each with
     // its own share of dW: a fixed partition, so that dW is summed in the same order on every
-    // run. Within a part, tasks of `per_task` images. (Parts of whole tasks were uneven where
-    // few tasks cover the batch: 144 and 112 images of 256 on the default encoder's last
-    // layer, with one thread idle for the difference.)
+    // run. Within a part, tasks of `per_task` images. (Parts of whole tasks would be uneven
+    // where few tasks cover the batch: 144 and 112 images of 256 on the default encoder's
+    // last layer, one thread idle for the difference.)
     let parts = rayon::current_num_threads().clamp(1, b);
     let bounds: Vec<usize> = (0..=parts).map(|p| p * b / parts).collect();
     let image_len = h * w * c;
