@@ -1,7 +1,9 @@
 //! SGD with momentum and weight decay, as PyTorch defines it (candle-nn's SGD has no momentum):
 //! d = g + wd·p; buf = μ·buf + d (buf = d at the first step); p ← p − lr·buf.
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var,
+};
 
 pub struct Sgd {
     /// (name, parameter, momentum buffer); names key the buffers in checkpoints.
@@ -26,6 +28,26 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // On the CPU, once a momentum buffer exists, both updates run in place: one pass
+            // each, no new tensors (as candle ops, six passes and six allocations per
+            // parameter, on the main thread while the workers wait). The same f32 operations
+            // in the same order, so the same values.
+            let in_place = var.device().is_cpu() && var.dtype() == DType::F32;
+            if let (Some(prev), true) = (buf.as_ref(), in_place) {
+                if self.momentum != 0.0 {
+                    prev.inplace_op3(
+                        g,
+                        var.as_tensor(),
+                        &MomentumUpdate {
+                            momentum: self.momentum as f32,
+                            weight_decay: self.weight_decay as f32,
+                        },
+                    )?;
+                    var.as_tensor()
+                        .inplace_op2(prev, &ParameterUpdate { lr: self.lr as f32 })?;
+                    continue;
+                }
+            }
             let d = if self.weight_decay != 0.0 {
                 (g + (var.as_tensor() * self.weight_decay)?)?
             } else {
@@ -36,7 +58,8 @@ impl Sgd {
                 _ => d,
             };
             var.set(&(var.as_tensor() - (&b * self.lr)?)?)?;
-            *buf = Some(b.detach());
+            // A buffer of its own (not the gradient's storage), for the in-place updates.
+            *buf = Some(b.detach().copy()?);
         }
         Ok(())
     }
@@ -54,6 +77,97 @@ impl Sgd {
         for (name, _, slot) in self.params.iter_mut() {
             *slot = lookup(name);
         }
+    }
+}
+
+/// The f32 slice of a contiguous CPU tensor's storage, or an error naming the operation.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&mut v[start..end]),
+        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// buf ← μ·buf + (g + wd·p), in place: candle's `affine` computes x·a + 0, kept here so the
+/// result is the same float.
+struct MomentumUpdate {
+    momentum: f32,
+    weight_decay: f32,
+}
+
+impl InplaceOp3 for MomentumUpdate {
+    fn name(&self) -> &'static str {
+        "sgd-momentum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        buf: &mut CpuStorage,
+        l_buf: &Layout,
+        g: &CpuStorage,
+        l_g: &Layout,
+        p: &CpuStorage,
+        l_p: &Layout,
+    ) -> Result<()> {
+        let buf = contiguous_f32_mut(buf, l_buf, self.name())?;
+        let (g, p) = (
+            contiguous_f32(g, l_g, self.name())?,
+            contiguous_f32(p, l_p, self.name())?,
+        );
+        if g.len() != buf.len() || p.len() != buf.len() {
+            candle_core::bail!("{}: buffer, gradient and parameter differ", self.name());
+        }
+        let (mu, wd) = (self.momentum, self.weight_decay);
+        if wd != 0.0 {
+            for ((b, &g), &p) in buf.iter_mut().zip(g).zip(p) {
+                *b = (*b * mu + 0.0) + (g + (p * wd + 0.0));
+            }
+        } else {
+            for (b, &g) in buf.iter_mut().zip(g) {
+                *b = (*b * mu + 0.0) + g;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// p ← p − lr·buf, in place.
+struct ParameterUpdate {
+    lr: f32,
+}
+
+impl InplaceOp2 for ParameterUpdate {
+    fn name(&self) -> &'static str {
+        "sgd-parameter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        l_p: &Layout,
+        buf: &CpuStorage,
+        l_b: &Layout,
+    ) -> Result<()> {
+        let p = contiguous_f32_mut(p, l_p, self.name())?;
+        let buf = contiguous_f32(buf, l_b, self.name())?;
+        if buf.len() != p.len() {
+            candle_core::bail!("{}: parameter and buffer differ", self.name());
+        }
+        for (p, &b) in p.iter_mut().zip(buf) {
+            *p -= b * self.lr + 0.0;
+        }
+        Ok(())
     }
 }
 
@@ -82,6 +196,50 @@ mod tests {
         }
         let v: Vec<f64> = p.as_tensor().to_vec1().unwrap();
         assert!((v[0] - 0.3375).abs() < 1e-12, "{v:?}");
+    }
+
+    /// f32 parameters on the CPU, whose updates run in place from the second step on, follow
+    /// PyTorch's arithmetic step by step to the last bit, with and without weight decay.
+    #[test]
+    fn in_place_updates_follow_the_formula_exactly() {
+        for weight_decay in [0.0, 5e-4] {
+            let (lr, momentum) = (0.03, 0.9);
+            let start = [0.7f32, -1.3, 2.1, 1e-3, -4.0];
+            let scale = Tensor::new(&[1.0f32, 0.5, -2.0, 3.0, 0.25], &Device::Cpu).unwrap();
+            let p = Var::new(&start, &Device::Cpu).unwrap();
+            let mut sgd = Sgd::new(vec![("p".into(), p.clone())], lr, momentum, weight_decay);
+            let (mut expected, mut buf) = (start.to_vec(), None::<Vec<f32>>);
+            for step in 0..4 {
+                let loss = (p.as_tensor().sqr().unwrap() * &scale)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                let g: Vec<f32> = grads.get(p.as_tensor()).unwrap().to_vec1().unwrap();
+                let d: Vec<f32> = g
+                    .iter()
+                    .zip(&expected)
+                    .map(|(&g, &p)| g + p * weight_decay as f32)
+                    .collect();
+                let b: Vec<f32> = match &buf {
+                    Some(b) => b
+                        .iter()
+                        .zip(&d)
+                        .map(|(&b, &d)| b * momentum as f32 + d)
+                        .collect(),
+                    None => d,
+                };
+                expected = expected
+                    .iter()
+                    .zip(&b)
+                    .map(|(&p, &b)| p - b * lr as f32)
+                    .collect();
+                buf = Some(b);
+                sgd.step(&grads).unwrap();
+                let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
+                assert_eq!(got, expected, "weight decay {weight_decay}, step {step}");
+            }
+        }
     }
 
     #[test]
