@@ -126,7 +126,8 @@ struct AxisSources {
     o_first: usize,
 }
 
-pub(super) fn f32_contiguous<'a>(
+/// The f32 values of a contiguous CPU tensor (a custom op's input), or an error naming `op`.
+pub(crate) fn f32_contiguous<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
@@ -137,6 +138,22 @@ pub(super) fn f32_contiguous<'a>(
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// [`f32_contiguous`] for an in-place op's destination.
+pub(crate) fn f32_contiguous_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    let data = match storage {
+        CpuStorage::F32(v) => v.as_mut_slice(),
+        _ => candle_core::bail!("{op}: only f32 is supported"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
 }

@@ -5,6 +5,8 @@ use candle_core::{
     backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var,
 };
 
+use crate::kernels::{f32_contiguous, f32_contiguous_mut};
+
 pub struct Sgd {
     /// (name, parameter, momentum buffer); names key the buffers in checkpoints.
     params: Vec<(String, Var, Option<Tensor>)>,
@@ -32,9 +34,10 @@ impl Sgd {
             // each, no new tensors (as candle ops, six passes and six allocations per
             // parameter, on the main thread while the workers wait). The same f32 operations
             // in the same order, so the same values.
-            let in_place = var.device().is_cpu() && var.dtype() == DType::F32;
-            if let (Some(prev), true) = (buf.as_ref(), in_place) {
-                if self.momentum != 0.0 {
+            let in_place =
+                var.device().is_cpu() && var.dtype() == DType::F32 && self.momentum != 0.0;
+            match buf.as_ref() {
+                Some(prev) if in_place => {
                     prev.inplace_op3(
                         g,
                         var.as_tensor(),
@@ -47,6 +50,7 @@ impl Sgd {
                         .inplace_op2(prev, &ParameterUpdate { lr: self.lr as f32 })?;
                     continue;
                 }
+                _ => {}
             }
             let d = if self.weight_decay != 0.0 {
                 (g + (var.as_tensor() * self.weight_decay)?)?
@@ -58,8 +62,12 @@ impl Sgd {
                 _ => d,
             };
             var.set(&(var.as_tensor() - (&b * self.lr)?)?)?;
-            // A buffer of its own (not the gradient's storage), for the in-place updates.
-            *buf = Some(b.detach().copy()?);
+            // The in-place updates need a buffer of its own, not the gradient's storage.
+            *buf = Some(if in_place {
+                b.detach().copy()?
+            } else {
+                b.detach()
+            });
         }
         Ok(())
     }
@@ -77,25 +85,6 @@ impl Sgd {
         for (name, _, slot) in self.params.iter_mut() {
             *slot = lookup(name);
         }
-    }
-}
-
-/// The f32 slice of a contiguous CPU tensor's storage, or an error naming the operation.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
-    }
-}
-
-fn contiguous_f32_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a mut [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&mut v[start..end]),
-        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
     }
 }
 
@@ -120,10 +109,10 @@ impl InplaceOp3 for MomentumUpdate {
         p: &CpuStorage,
         l_p: &Layout,
     ) -> Result<()> {
-        let buf = contiguous_f32_mut(buf, l_buf, self.name())?;
+        let buf = f32_contiguous_mut(buf, l_buf, self.name())?;
         let (g, p) = (
-            contiguous_f32(g, l_g, self.name())?,
-            contiguous_f32(p, l_p, self.name())?,
+            f32_contiguous(g, l_g, self.name())?,
+            f32_contiguous(p, l_p, self.name())?,
         );
         if g.len() != buf.len() || p.len() != buf.len() {
             candle_core::bail!("{}: buffer, gradient and parameter differ", self.name());
@@ -159,8 +148,8 @@ impl InplaceOp2 for ParameterUpdate {
         buf: &CpuStorage,
         l_b: &Layout,
     ) -> Result<()> {
-        let p = contiguous_f32_mut(p, l_p, self.name())?;
-        let buf = contiguous_f32(buf, l_b, self.name())?;
+        let p = f32_contiguous_mut(p, l_p, self.name())?;
+        let buf = f32_contiguous(buf, l_b, self.name())?;
         if buf.len() != p.len() {
             candle_core::bail!("{}: parameter and buffer differ", self.name());
         }
