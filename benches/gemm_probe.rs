@@ -2,10 +2,11 @@
 //! (width 32, batch 128, 28×28): forward cols·W, backward dY·Wᵀ and colsᵀ·dY. Prints GFLOP/s.
 //!
 //! Then the products as the training step's blocked convolution runs them, one per thread
-//! (`conv::TASK_ROWS` output rows per forward and dY·Wᵀ task, dW in one part per thread), in
-//! both orientations of dW: colsᵀ·dY, and dWᵀ = dYᵀ·cols.
+//! (about `conv::TASK_ROWS` = 192 output rows per forward and dY·Wᵀ task, or the first
+//! argument's count, dW in one part per thread), in both orientations of dW: colsᵀ·dY, and
+//! dWᵀ = dYᵀ·cols.
 //!
-//!     cargo bench --bench gemm_probe
+//!     cargo bench --bench gemm_probe [-- TASK_ROWS]
 
 use std::time::Instant;
 
@@ -50,10 +51,15 @@ fn main() -> anyhow::Result<()> {
         "all three products of the four layers: {:.1} ms",
         total * 1e3
     );
+    // `cargo bench` appends `--bench`.
+    let task_rows: usize = std::env::args()
+        .skip(1)
+        .find(|a| a != "--bench")
+        .map_or(Ok(192), |a| a.parse())?;
     println!("single-threaded, at the blocked convolution's shapes (GFLOP/s per core):");
     // (rows per image, K, C_out) of the three stride-2 layers, batch 128.
     for (per_image, k, n) in [(196, 288, 64), (49, 576, 128), (16, 1_152, 256)] {
-        let rows = (384 / per_image).max(1) * per_image;
+        let rows = (task_rows / per_image).max(1) * per_image;
         let part = 128 * per_image / 2;
         let cols: Vec<f32> = (0..part * k)
             .map(|i| ((i * 7919) % 997) as f32 / 997.0)
