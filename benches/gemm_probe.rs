@@ -2,7 +2,7 @@
 //! (width 32, batch 128, 28×28): forward cols·W, backward dY·Wᵀ and colsᵀ·dY. Prints GFLOP/s.
 //!
 //! Then the products as the training step's blocked convolution runs them, one per thread
-//! (about `conv::TASK_ROWS` = 192 output rows per forward and dY·Wᵀ task, or the first
+//! (about `kernels::TASK_ROWS` output rows per forward and dY·Wᵀ task, or the first
 //! argument's count, dW in one part per thread), in both orientations of dW: colsᵀ·dY, and
 //! dWᵀ = dYᵀ·cols.
 //!
@@ -13,6 +13,14 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench`.
+    let task_rows: usize = std::env::args().skip(1).find(|a| a != "--bench").map_or(
+        Ok(salient::kernels::TASK_ROWS),
+        |a| {
+            a.parse()
+                .map_err(|e| anyhow::anyhow!("TASK_ROWS {a:?}: {e}"))
+        },
+    )?;
     let dev = Device::Cpu;
     let shapes = [
         (100_352, 9, 32),
@@ -51,11 +59,6 @@ fn main() -> anyhow::Result<()> {
         "all three products of the four layers: {:.1} ms",
         total * 1e3
     );
-    // `cargo bench` appends `--bench`.
-    let task_rows: usize = std::env::args()
-        .skip(1)
-        .find(|a| a != "--bench")
-        .map_or(Ok(192), |a| a.parse())?;
     println!("single-threaded, at the blocked convolution's shapes (GFLOP/s per core):");
     // (rows per image, K, C_out) of the three stride-2 layers, batch 128.
     for (per_image, k, n) in [(196, 288, 64), (49, 576, 128), (16, 1_152, 256)] {

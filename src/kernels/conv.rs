@@ -18,11 +18,11 @@ use super::{assume_init, dims4, f32_contiguous, ConvGeometry, Dims4};
 /// single-threaded product, few enough that a task's slice of the im2col matrix (and of its
 /// gradient) is still in cache when the product reads it. On the default encoder's three
 /// stride-2 layers, one product per task ran 1.0-1.4× as fast as gemm splitting each whole
-/// product over both cores (forward and dY·Wᵀ, two runs of a stand-alone gemm probe). 192
-/// rather than 384: the last layer's 384-row slice (1.8 MB) outgrows a 1 MB L2 cache, and
-/// training steps ran 3% faster on such a processor though the hot product alone runs a little
-/// slower at 192 rows (docs/performance.md).
-pub(super) const TASK_ROWS: usize = 192;
+/// product over both cores (forward and dY·Wᵀ, two runs of a stand-alone gemm probe). At 384
+/// rows the last layer's slice (1.8 MB) outgrows a 1 MB L2 cache; at 192, training steps ran
+/// 3% faster on such a processor though the hot product alone runs a little slower
+/// (docs/performance.md; `benches/gemm_probe.rs` times the products at this size).
+pub const TASK_ROWS: usize = 192;
 
 /// Whole images per task: about [`TASK_ROWS`] output rows, and at least one task per thread.
 pub(super) fn images_per_task(b: usize, rows_per_image: usize) -> usize {

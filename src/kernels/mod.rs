@@ -24,7 +24,7 @@ mod pool;
 pub mod simd;
 
 pub use batch_norm::{batch_norm_rows_train, BatchStats};
-pub use conv::{conv2d_nhwc_rows, conv2d_nhwc_rows_portable};
+pub use conv::{conv2d_nhwc_rows, conv2d_nhwc_rows_portable, TASK_ROWS};
 pub use conv_bn::conv_bn_train;
 pub use pool::mean_pool_nhwc;
 
