@@ -111,7 +111,10 @@ fn main() -> anyhow::Result<()> {
         };
         let (ki, ni) = (k as isize, n as isize);
         let fwd = run((rows, n, k), (ni, 1), (&cols, ki, 1), (&wt, ni, 1));
-        let dcols = run((rows, k, n), (ki, 1), (&dy, ni, 1), (&wt, 1, ni));
+        // dY·Wᵀ with the weight as the convolution holds it (K, C_out), read transposed, and
+        // as the backward passes it, (C_out, K) row-major (`conv::weight_by_output`).
+        let dcols_strided = run((rows, k, n), (ki, 1), (&dy, ni, 1), (&wt, 1, ni));
+        let dcols = run((rows, k, n), (ki, 1), (&dy, ni, 1), (&wt, ki, 1));
         let dw = run((k, n, part), (ni, 1), (&cols, 1, ki), (&dy, ni, 1));
         let dwt = run((n, k, part), (ki, 1), (&dy, 1, ni), (&cols, ki, 1));
         // dW summed task by task over the part's rows (gemm reading and adding to dst), as a
@@ -153,8 +156,8 @@ fn main() -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64() / 20.0;
         let dw_tasks = 2.0 * (k * n * tasks * rows) as f64 / secs / 1e9;
         println!(
-            "rows {rows:>4} K {k:>5} N {n:>4} (dW over {part:>5} rows): fwd {fwd:>6.1}  dcols {dcols:>6.1}  \
-             dW = colsT.dY {dw:>6.1}  dWT = dYT.cols {dwt:>6.1}  dW task by task {dw_tasks:>6.1}"
+            "rows {rows:>4} K {k:>5} N {n:>4} (dW over {part:>5} rows): fwd {fwd:>6.1}  dcols {dcols:>6.1} \
+             (W read transposed {dcols_strided:>6.1})  dW = colsT.dY {dw:>6.1}  dWT = dYT.cols {dwt:>6.1}  dW task by task {dw_tasks:>6.1}"
         );
     }
     Ok(())
