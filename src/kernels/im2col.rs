@@ -219,12 +219,62 @@ pub(super) fn im2col_images(
 ) {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let row = g.kernel * g.kernel * c;
+    let padded_len = g.kernel * (w + 2 * g.padding) * c;
+    let mut padded = [0f32; PADDED_ROWS_MAX];
+    let few_channels = g.kernel * c <= 16 && padded_len <= PADDED_ROWS_MAX;
     for (image, out) in images
         .chunks_exact(h * w * c)
         .zip(dst.chunks_exact_mut(oh * ow * row))
     {
         for (oy, out_row) in out.chunks_exact_mut(ow * row).enumerate() {
-            im2col_row(image, oy, (h, w, c), g, out_row);
+            if few_channels {
+                im2col_row_padded(image, oy, (h, w, c), g, &mut padded[..padded_len], out_row);
+            } else {
+                im2col_row(image, oy, (h, w, c), g, out_row);
+            }
+        }
+    }
+}
+
+/// The most values [`im2col_row_padded`]'s K zero-padded input rows may hold (8 KiB).
+const PADDED_ROWS_MAX: usize = 2048;
+
+/// [`im2col_row`] for layers whose kernel rows are short runs (K·C ≤ 16 values: the first
+/// layer, 3×3 over 1 or 3 channels): the K input rows that output row `oy` reads are first
+/// copied into `padded`, each with its zero padding (a row above or below the image all
+/// zeros), so that every tap is then one fixed-size copy with no edge test. Per tap, the
+/// edge tests and the short copies cost more than the copy itself. `padded` holds
+/// K·(W + 2·padding)·C values, all of them written here.
+#[inline(always)]
+fn im2col_row_padded(
+    image: &[f32],
+    oy: usize,
+    (h, w, c): (usize, usize, usize),
+    g: ConvGeometry,
+    padded: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let (pad, run) = (g.padding * c, g.kernel * c);
+    let padded_row = w * c + 2 * pad;
+    for (ky, line) in padded.chunks_exact_mut(padded_row).enumerate() {
+        let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+        if iy < 0 || iy >= h as isize {
+            line.fill(0.0);
+            continue;
+        }
+        let (left, rest) = line.split_at_mut(pad);
+        let (middle, right) = rest.split_at_mut(w * c);
+        left.fill(0.0);
+        middle.copy_from_slice(&image[iy as usize * w * c..][..w * c]);
+        right.fill(0.0);
+    }
+    for (ox, cell) in dst.chunks_exact_mut(g.kernel * run).enumerate() {
+        let start = ox * g.stride * c;
+        for (taps, line) in cell
+            .chunks_exact_mut(run)
+            .zip(padded.chunks_exact(padded_row))
+        {
+            copy_run(taps, &line[start..start + run]);
         }
     }
 }

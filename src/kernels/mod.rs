@@ -572,14 +572,18 @@ mod tests {
             ("im2col and product as one node", conv2d_nhwc_rows_one_node),
             ("portable", conv2d_nhwc_rows_portable),
         ];
-        for (stride, padding, kernel, h) in [
+        // 3 input channels take im2col's padded-row path for short kernel rows (K·C ≤ 16),
+        // 8 channels its general path.
+        let cases = [
             (1, 1, 3, 7),
             (2, 1, 3, 8),
             (2, 1, 3, 7),
             (2, 0, 1, 6),
             (2, 0, 1, 7),
             (1, 0, 1, 5),
-        ] {
+        ];
+        for ((stride, padding, kernel, h), cin) in cases.into_iter().flat_map(|c| [(c, 3), (c, 8)])
+        {
             let geometry = ConvGeometry {
                 kernel,
                 stride,
@@ -589,8 +593,8 @@ mod tests {
             // them shorter than the others.
             for ((name, conv), batch) in implementations.into_iter().flat_map(|i| [(i, 2), (i, 7)])
             {
-                let x_nchw = Var::from_tensor(&random(&[batch, 3, h, h], 1)).unwrap();
-                let w = Var::from_tensor(&random(&[4, 3, kernel, kernel], 2)).unwrap();
+                let x_nchw = Var::from_tensor(&random(&[batch, cin, h, h], 1)).unwrap();
+                let w = Var::from_tensor(&random(&[4, cin, kernel, kernel], 2)).unwrap();
                 let reference = x_nchw
                     .as_tensor()
                     .conv2d(w.as_tensor(), padding, stride, 1, 1)
@@ -605,11 +609,11 @@ mod tests {
                 assert_eq!(
                     ours.dims(),
                     reference.dims(),
-                    "{name} {geometry:?} batch {batch}"
+                    "{name} {geometry:?} batch {batch}, {cin} channels"
                 );
                 assert!(
                     max_diff(&ours, &reference) < 1e-5,
-                    "{name} forward {geometry:?} batch {batch}"
+                    "{name} forward {geometry:?} batch {batch}, {cin} channels"
                 );
 
                 // A fixed random upstream gradient through both paths.
@@ -618,7 +622,10 @@ mod tests {
                 let g_ours = grads_against(ours, &up);
                 for var in [&x_nchw, &w] {
                     let d = max_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
-                    assert!(d < 1e-4, "{name} gradient {geometry:?} batch {batch}: {d}");
+                    assert!(
+                        d < 1e-4,
+                        "{name} gradient {geometry:?} batch {batch}, {cin} channels: {d}"
+                    );
                 }
             }
         }
