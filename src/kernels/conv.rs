@@ -239,10 +239,10 @@ pub(super) fn conv_backward_cpu(
 
 /// The weight (K·K·C_in, C_out) as (C_out, K·K·C_in) row-major, for the input gradient dY·Wᵀ.
 /// gemm computes a row-major product as its transpose, so its packed operand there is the
-/// weight read down its columns: from (K·K·C_in, C_out) every task's packing was a strided
-/// transpose of the whole weight (3.8% of a training step on Zen 4), from this layout it is
-/// contiguous copies. Transposed once per backward pass, not once per task. `wt` holds k·C_out
-/// values ([`backward_is_done`] checks it before).
+/// weight read down its columns: from (K·K·C_in, C_out) every task would pack it with a
+/// strided transpose of the whole weight, from this layout with contiguous copies
+/// (docs/performance.md). Transposed once per backward pass, not once per task. `wt` holds
+/// k·C_out values ([`backward_is_done`] checks it before).
 fn weight_by_output(wt: &[f32], (k, cout): (usize, usize)) -> Vec<f32> {
     let mut out = vec![0f32; k * cout];
     transpose::transpose(wt, &mut out, cout, k);
@@ -251,8 +251,9 @@ fn weight_by_output(wt: &[f32], (k, cout): (usize, usize)) -> Vec<f32> {
 
 /// One task's dX = col2im(dY·Wᵀ) over its images: `dy` is the task's (rows, C_out) rows,
 /// `w_by_output` the weight as (C_out, K·K·C_in) row-major ([`weight_by_output`]), `dx` its
-/// images' gradient, every element written. dY·Wᵀ goes into `dcols` (a buffer the caller may reuse), and col2im then gathers
-/// it into `dx` while both are in cache; a pointwise convolution's product is dX itself.
+/// images' gradient, every element written. dY·Wᵀ goes into `dcols` (a buffer the caller may
+/// reuse), and col2im then gathers it into `dx` while both are in cache; a pointwise
+/// convolution's product is dX itself.
 #[allow(clippy::too_many_arguments)]
 fn task_input_gradient(
     dx: &mut [MaybeUninit<f32>],

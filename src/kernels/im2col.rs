@@ -242,8 +242,8 @@ const PADDED_ROWS_MAX: usize = 2048;
 /// [`im2col_row`] for layers whose kernel rows are short runs (K·C ≤ 16 values: the first
 /// layer, 3×3 over 1 or 3 channels): the K input rows that output row `oy` reads are first
 /// copied into `padded`, each with its zero padding (a row above or below the image all
-/// zeros), so that every tap is then one fixed-size copy with no edge test. Per tap, the
-/// edge tests and the short copies cost more than the copy itself. `padded` holds
+/// zeros), so that every tap is then one fixed-size copy with no edge test: for runs this
+/// short, the per-tap edge tests cost more than the copies. `padded` holds
 /// K·(W + 2·padding)·C values, all of them written here.
 #[inline(always)]
 fn im2col_row_padded(
