@@ -219,19 +219,23 @@ pub(super) fn im2col_images(
 ) {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let row = g.kernel * g.kernel * c;
-    let padded_len = g.kernel * (w + 2 * g.padding) * c;
-    let mut padded = [0f32; PADDED_ROWS_MAX];
-    let few_channels = g.kernel * c <= 16 && padded_len <= PADDED_ROWS_MAX;
-    for (image, out) in images
+    // (image, oy, that output row's columns) for every output row of every image.
+    let rows = images
         .chunks_exact(h * w * c)
         .zip(dst.chunks_exact_mut(oh * ow * row))
-    {
-        for (oy, out_row) in out.chunks_exact_mut(ow * row).enumerate() {
-            if few_channels {
-                im2col_row_padded(image, oy, (h, w, c), g, &mut padded[..padded_len], out_row);
-            } else {
-                im2col_row(image, oy, (h, w, c), g, out_row);
-            }
+        .flat_map(|(image, out)| {
+            let out_rows = out.chunks_exact_mut(ow * row).enumerate();
+            out_rows.map(move |(oy, out_row)| (image, oy, out_row))
+        });
+    let padded_len = g.kernel * (w + 2 * g.padding) * c;
+    if g.kernel * c <= 16 && padded_len <= PADDED_ROWS_MAX {
+        let mut padded = [0f32; PADDED_ROWS_MAX];
+        for (image, oy, out_row) in rows {
+            im2col_row_padded(image, oy, (h, w, c), g, &mut padded[..padded_len], out_row);
+        }
+    } else {
+        for (image, oy, out_row) in rows {
+            im2col_row(image, oy, (h, w, c), g, out_row);
         }
     }
 }
