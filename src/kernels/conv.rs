@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::gemm::{matmul_add_into, matmul_into, matmul_vec};
 use super::im2col::{col2im_images, im2col_images, Col2Im, Im2Col};
 use super::simd::Simd;
-use super::{assume_init, dims4, f32_contiguous, ConvGeometry, Dims4};
+use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
 /// single-threaded product, few enough that a task's slice of the im2col matrix (and of its
@@ -217,9 +217,7 @@ pub(super) fn conv_backward_cpu(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    for (j, d) in dwt.iter_mut().enumerate() {
-        d.write(partials.iter().map(|p| p[j]).sum());
-    }
+    sum_shares(&partials, dwt);
     let Some(dx) = dx else {
         return Ok(());
     };
@@ -241,12 +239,38 @@ pub(super) fn conv_backward_cpu(
 /// gemm computes a row-major product as its transpose, so its packed operand there is the
 /// weight read down its columns: from (K·K·C_in, C_out) every task would pack it with a
 /// strided transpose of the whole weight, from this layout with contiguous copies
-/// (docs/performance.md). Transposed once per backward pass, not once per task. `wt` holds
-/// k·C_out values ([`backward_is_done`] checks it before).
-fn weight_by_output(wt: &[f32], (k, cout): (usize, usize)) -> Vec<f32> {
+/// (docs/performance.md). Transposed once per pass, not once per task; the fused node does it
+/// in its forward pass beside the convolution's tasks, where it costs no wall time (in the
+/// backward, the last layer's 0.3 ms ran while the other core waited). `wt` holds k·C_out
+/// values.
+pub(super) fn weight_by_output(wt: &[f32], (k, cout): (usize, usize)) -> Vec<f32> {
     let mut out = vec![0f32; k * cout];
     transpose::transpose(wt, &mut out, cout, k);
     out
+}
+
+/// dW as the sum of the threads' shares, added in share order (the same sum on every run), on
+/// every thread: run on one, the last layer's two 1.2 MB shares took 0.4 ms while the other
+/// core waited. Writes every element of `dwt` (zeros without shares).
+fn sum_shares(shares: &[Vec<f32>], dwt: &mut [MaybeUninit<f32>]) {
+    const CHUNK: usize = 16 * 1024;
+    dwt.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
+        let range = i * CHUNK..i * CHUNK + out.len();
+        let Some((first, rest)) = shares.split_first() else {
+            out.fill(MaybeUninit::new(0.0));
+            return;
+        };
+        for (d, &v) in out.iter_mut().zip(&first[range.clone()]) {
+            d.write(v);
+        }
+        // SAFETY: the loop above wrote every element of `out` (each share holds dW whole).
+        let out = unsafe { assume_init_mut(out) };
+        for share in rest {
+            for (d, &v) in out.iter_mut().zip(&share[range.clone()]) {
+                *d += v;
+            }
+        }
+    });
 }
 
 /// One task's dX = col2im(dY·Wᵀ) over its images: `dy` is the task's (rows, C_out) rows,
@@ -319,12 +343,13 @@ struct BackwardScratch {
 /// builds its im2col columns again, adds colsᵀ·dY to its part's share of dW and writes its
 /// images' dX = col2im(dY·Wᵀ), all while the task's rows are in cache; the parts' shares of
 /// dW are added at the end. Neither the (B·OH·OW, K·K·C_in) columns nor the (B·OH·OW, C_out)
-/// dY exist whole. Writes dX (when given) and dW whole, as [`conv_backward_cpu`].
+/// dY exist whole. The weight comes as (C_out, K·K·C_in) ([`weight_by_output`]), the layout
+/// dY·Wᵀ packs fastest. Writes dX (when given) and dW whole, as [`conv_backward_cpu`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_backward_recomputing(
     x: &[f32],
     (b, h, w, c): Dims4,
-    wt: &[f32],
+    w_by_output: &[f32],
     cout: usize,
     g: ConvGeometry,
     dy_rows: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
@@ -333,15 +358,13 @@ pub(super) fn conv_backward_recomputing(
 ) -> Result<()> {
     let (oh, ow) = (g.output_size(h), g.output_size(w));
     let (rows_per_image, k) = (oh * ow, g.kernel * g.kernel * c);
-    if backward_is_done(x, (b, h, w, c), wt, cout, g, dx.as_deref_mut(), dwt, true)? {
+    // The checks read only the weight's length, the same in either layout.
+    let dims = (b, h, w, c);
+    if backward_is_done(x, dims, w_by_output, cout, g, dx.as_deref_mut(), dwt, true)? {
         return Ok(());
     }
     let per_task = images_per_task(b, rows_per_image);
     let simd = Simd::current();
-    let w_by_output = match dx {
-        Some(_) => weight_by_output(wt, (k, cout)),
-        None => Vec::new(),
-    };
     let task = |scratch: &mut BackwardScratch,
                 images: std::ops::Range<usize>,
                 dx: Option<&mut [MaybeUninit<f32>]>|
@@ -368,7 +391,7 @@ pub(super) fn conv_backward_recomputing(
             Some(dx) => task_input_gradient(
                 dx,
                 dy,
-                &w_by_output,
+                w_by_output,
                 (k, cout),
                 g,
                 (h, w, c),
@@ -432,9 +455,7 @@ pub(super) fn conv_backward_recomputing(
             .map(|p| part(bounds[p]..bounds[p + 1], None))
             .collect::<Result<_>>()?,
     };
-    for (j, d) in dwt.iter_mut().enumerate() {
-        d.write(shares.iter().map(|share| share[j]).sum());
-    }
+    sum_shares(&shares, dwt);
     Ok(())
 }
 
@@ -936,6 +957,48 @@ pub(super) fn im2col_by_views(x: &Tensor, geometry: ConvGeometry) -> Result<Tens
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+
+    /// The weight by output channel is the weight matrix transposed.
+    #[test]
+    fn the_weight_by_output_is_the_transpose() {
+        for (k, cout) in [(7, 37), (288, 64), (3, 1), (0, 4)] {
+            let wt: Vec<f32> = (0..k * cout).map(|i| i as f32).collect();
+            let out = weight_by_output(&wt, (k, cout));
+            assert_eq!(out.len(), k * cout);
+            for o in 0..cout {
+                for i in 0..k {
+                    assert_eq!(out[o * k + i], wt[i * cout + o], "{k}×{cout} at ({o}, {i})");
+                }
+            }
+        }
+    }
+
+    /// dW's shares are summed in share order on every chunk, bit for bit the sequential sum,
+    /// across chunk boundaries; without shares dW is zero.
+    #[test]
+    fn shares_sum_in_order() {
+        let len = 40_000;
+        let shares: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                (0..len)
+                    .map(|i| ((i * 7 + s * 13) % 101) as f32 * 0.1 - 5.0)
+                    .collect()
+            })
+            .collect();
+        let mut dwt = vec![MaybeUninit::new(f32::NAN); len];
+        sum_shares(&shares, &mut dwt);
+        for (j, d) in dwt.iter().enumerate() {
+            let expected = (shares[0][j] + shares[1][j]) + shares[2][j];
+            assert_eq!(
+                unsafe { d.assume_init() }.to_bits(),
+                expected.to_bits(),
+                "element {j}"
+            );
+        }
+        let mut empty = vec![MaybeUninit::new(f32::NAN); 5];
+        sum_shares(&[], &mut empty);
+        assert!(empty.iter().all(|d| unsafe { d.assume_init() } == 0.0));
+    }
 
     /// The weight-matrix node equals candle's permute, reshape and transpose, forward, and its
     /// backward gives the weight the same gradient (the same values, moved), also for an empty

@@ -10,7 +10,7 @@ use super::batch_norm::{
 };
 use super::conv::{
     conv_backward_packed, conv_backward_recomputing, conv_forward_cpu_then, conv_rows,
-    split_conv_grads, KeepColumns,
+    split_conv_grads, weight_by_output, KeepColumns,
 };
 use super::simd::Simd;
 use super::{dims4, f32_contiguous, ConvGeometry};
@@ -21,8 +21,9 @@ use super::{dims4, f32_contiguous, ConvGeometry};
 pub(super) struct ConvBnSaved {
     /// The convolution's output, the batch norm's input.
     conv_out: Vec<f32>,
-    /// The weight matrix (K·K·C_in, C_out), γ and β the forward pass used.
-    wt: Vec<f32>,
+    /// The weight the forward pass used, by output channel: (C_out, K·K·C_in), the layout the
+    /// backward's dY·Wᵀ takes ([`weight_by_output`]); γ and β.
+    w_by_output: Vec<f32>,
     gamma: Vec<f32>,
     beta: Vec<f32>,
     mean: Vec<f32>,
@@ -71,10 +72,18 @@ impl CustomOp3 for ConvBnCpu {
         // The batch statistics come from each convolution task's output while it is still in
         // cache, which saves the batch norm two passes over the whole output.
         let simd = Simd::current();
-        let (conv_out, _, blocks) =
-            conv_forward_cpu_then(x, dims, wt, cout, self.geometry, KeepColumns::No, |rows| {
-                block_moments(simd, rows, cout)
-            })?;
+        let (k, _) = l2.shape().dims2()?;
+        // The backward's copy of the weight is transposed here, by whichever thread is free
+        // while the other runs convolution tasks.
+        let (forward, w_by_output) = rayon::join(
+            || {
+                conv_forward_cpu_then(x, dims, wt, cout, self.geometry, KeepColumns::No, |rows| {
+                    block_moments(simd, rows, cout)
+                })
+            },
+            || weight_by_output(wt, (k, cout)),
+        );
+        let (conv_out, _, blocks) = forward?;
         let (mean, var) = combine_moments(&blocks, cout);
         let (b, h, w, _) = dims;
         let (oh, ow) = (self.geometry.output_size(h), self.geometry.output_size(w));
@@ -84,7 +93,7 @@ impl CustomOp3 for ConvBnCpu {
         if let Ok(mut slot) = self.saved.lock() {
             *slot = Some(ConvBnSaved {
                 conv_out,
-                wt: wt.to_vec(),
+                w_by_output,
                 gamma: gamma.to_vec(),
                 beta: beta.to_vec(),
                 mean,
@@ -184,10 +193,24 @@ impl CustomOp2 for ConvBnCpuBackward {
                 || bn_backward_rows(&coefficients, inputs, dconv),
             );
         };
-        let out =
-            conv_backward_packed((x.len(), saved.wt.len()), self.need_dx, &tail, |dx, dwt| {
-                conv_backward_recomputing(x, dims, &saved.wt, cout, self.geometry, dy_rows, dx, dwt)
-            })?;
+        let out = conv_backward_packed(
+            (x.len(), saved.w_by_output.len()),
+            self.need_dx,
+            &tail,
+            |dx, dwt| {
+                let w_by_output = &saved.w_by_output;
+                conv_backward_recomputing(
+                    x,
+                    dims,
+                    w_by_output,
+                    cout,
+                    self.geometry,
+                    dy_rows,
+                    dx,
+                    dwt,
+                )
+            },
+        )?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
