@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_add_into, matmul_into, matmul_vec};
 use super::im2col::{col2im_images, im2col_images, Col2Im, Im2Col};
-use super::simd::{prefetch, Simd};
+use super::simd::Simd;
 use super::{assume_init, assume_init_mut, dims4, f32_contiguous, ConvGeometry, Dims4};
 
 /// Output rows per task of the blocked CPU convolution: enough for an efficient
@@ -100,17 +100,11 @@ pub(super) fn conv_forward_cpu_then<T: Send>(
             .collect::<Result<Vec<T>>>()?;
         (None, results)
     } else if keep == KeepColumns::No {
-        let task_len = per_task * h * w * c;
         let results = out_tasks
-            .zip(x.par_chunks(task_len))
-            .enumerate()
-            .map_init(Vec::new, |scratch: &mut Vec<f32>, (i, (dst, images))| {
+            .zip(x.par_chunks(per_task * h * w * c))
+            .map_init(Vec::new, |scratch: &mut Vec<f32>, (dst, images)| {
                 let rows = dst.len() / cout;
                 let task_cols = im2col_into(scratch, images, (h, w, c), g, rows * k, simd);
-                // The next task's images, loaded while this one multiplies: a thread mostly
-                // runs consecutive tasks (rayon splits the range in halves).
-                let next = ((i + 1) * task_len).min(x.len())..((i + 2) * task_len).min(x.len());
-                prefetch(&x[next]);
                 matmul_into(dst, (rows, cout, k), task_cols, (k, 1), wt, (cout, 1))?;
                 Ok(finish(dst))
             })
@@ -347,8 +341,7 @@ struct BackwardScratch {
 /// ([`KeepColumns::No`]), blocked by images as the forward pass: each task gets its rows of
 /// dY from `dy_rows` (the fused node computes them there, from the batch norm's backward),
 /// builds its im2col columns again, adds colsᵀ·dY to its part's share of dW and writes its
-/// images' dX = col2im(dY·Wᵀ), all while the task's rows are in cache (and the next task's
-/// images and dX are prefetched while it multiplies); the parts' shares of
+/// images' dX = col2im(dY·Wᵀ), all while the task's rows are in cache; the parts' shares of
 /// dW are added at the end. Neither the (B·OH·OW, K·K·C_in) columns nor the (B·OH·OW, C_out)
 /// dY exist whole. The weight comes as (C_out, K·K·C_in) ([`weight_by_output`]), the layout
 /// dY·Wᵀ packs fastest. Writes dX (when given) and dW whole, as [`conv_backward_cpu`].
@@ -374,8 +367,7 @@ pub(super) fn conv_backward_recomputing(
     let simd = Simd::current();
     let task = |scratch: &mut BackwardScratch,
                 images: std::ops::Range<usize>,
-                dx: Option<&mut [MaybeUninit<f32>]>,
-                next_dx: &[MaybeUninit<f32>]|
+                dx: Option<&mut [MaybeUninit<f32>]>|
      -> Result<()> {
         let rows = images.start * rows_per_image..images.end * rows_per_image;
         let n = rows.len();
@@ -393,10 +385,6 @@ pub(super) fn conv_backward_recomputing(
         } else {
             im2col_into(&mut scratch.cols, x_images, (h, w, c), g, n * k, simd)
         };
-        // The part's next task's images and dX, loaded while this task multiplies.
-        let next = images.end..(images.end + per_task).min(b);
-        prefetch(&x[next.start * h * w * c..next.end * h * w * c]);
-        prefetch(next_dx);
         // dW += colsᵀ · dY (cols is (n, k) row-major, read transposed).
         matmul_add_into(&mut scratch.dw, (k, cout, n), cols, (1, k), dy, (cout, 1))?;
         match dx {
@@ -421,35 +409,33 @@ pub(super) fn conv_backward_recomputing(
     let parts = rayon::current_num_threads().clamp(1, b);
     let bounds: Vec<usize> = (0..=parts).map(|p| p * b / parts).collect();
     let image_len = h * w * c;
-    let part =
-        |images: std::ops::Range<usize>, dx: Option<&mut [MaybeUninit<f32>]>| -> Result<Vec<f32>> {
-            let mut scratch = BackwardScratch {
-                dw: vec![0f32; k * cout],
-                dy: Vec::new(),
-                cols: Vec::new(),
-                dcols: Vec::new(),
-            };
-            let tasks = images
-                .clone()
-                .step_by(per_task)
-                .map(|start| start..(start + per_task).min(images.end));
-            match dx {
-                Some(dx) => {
-                    let mut chunks: Vec<_> = dx.chunks_mut((per_task * image_len).max(1)).collect();
-                    for (i, task_images) in tasks.enumerate() {
-                        let (done, rest) = chunks.split_at_mut(i + 1);
-                        let next_dx = rest.first().map_or(&[][..], |next| &**next);
-                        task(&mut scratch, task_images, Some(&mut *done[i]), next_dx)?;
-                    }
-                }
-                None => {
-                    for task_images in tasks {
-                        task(&mut scratch, task_images, None, &[])?;
-                    }
+    let part = |images: std::ops::Range<usize>,
+                dx: Option<&mut [MaybeUninit<f32>]>|
+     -> Result<Vec<f32>> {
+        let mut scratch = BackwardScratch {
+            dw: vec![0f32; k * cout],
+            dy: Vec::new(),
+            cols: Vec::new(),
+            dcols: Vec::new(),
+        };
+        let tasks = images
+            .clone()
+            .step_by(per_task)
+            .map(|start| start..(start + per_task).min(images.end));
+        match dx {
+            Some(dx) => {
+                for (task_images, dx) in tasks.zip(dx.chunks_mut((per_task * image_len).max(1))) {
+                    task(&mut scratch, task_images, Some(dx))?;
                 }
             }
-            Ok(scratch.dw)
-        };
+            None => {
+                for task_images in tasks {
+                    task(&mut scratch, task_images, None)?;
+                }
+            }
+        }
+        Ok(scratch.dw)
+    };
     let shares: Vec<Vec<f32>> = match dx {
         Some(mut dx) => {
             let mut slices = Vec::with_capacity(parts);

@@ -118,28 +118,6 @@ impl Simd {
     }
 }
 
-/// Asks the processor to start loading `data` into its caches, without waiting for it: a
-/// convolution task calls this on the next task's images before its own matrix product, so
-/// that the next im2col finds them in cache. That im2col otherwise spends about two thirds of
-/// its time waiting for images written long before (docs/performance.md). One prefetch per
-/// 64-byte cache line; a no-op off x86-64.
-#[inline]
-pub(crate) fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = data.as_ptr().cast::<i8>();
-        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
-            // SAFETY: the address lies inside `data`; SSE (which `prefetcht0` belongs to) is
-            // part of every x86-64 processor, and a prefetch only hints the cache: it never
-            // faults, reads into a value or changes memory.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
