@@ -60,7 +60,7 @@ impl CustomOp3 for ConvBnCpu {
         let wt = f32_contiguous(s2, l2, self.name())?;
         let gamma_beta = f32_contiguous(s3, l3, self.name())?;
         let dims = dims4(l1, self.name())?;
-        let (_, cout) = l2.shape().dims2()?;
+        let (k, cout) = l2.shape().dims2()?;
         if l3.shape().dims2()? != (2, cout) {
             candle_core::bail!(
                 "{}: γβ must be (2, {cout}), got {:?}",
@@ -72,7 +72,6 @@ impl CustomOp3 for ConvBnCpu {
         // The batch statistics come from each convolution task's output while it is still in
         // cache, which saves the batch norm two passes over the whole output.
         let simd = Simd::current();
-        let (k, _) = l2.shape().dims2()?;
         // The backward's copy of the weight is transposed here, by whichever thread is free
         // while the other runs convolution tasks.
         let (forward, w_by_output) = rayon::join(
@@ -198,11 +197,10 @@ impl CustomOp2 for ConvBnCpuBackward {
             self.need_dx,
             &tail,
             |dx, dwt| {
-                let w_by_output = &saved.w_by_output;
                 conv_backward_recomputing(
                     x,
                     dims,
-                    w_by_output,
+                    &saved.w_by_output,
                     cout,
                     self.geometry,
                     dy_rows,
