@@ -1,6 +1,8 @@
 //! Replays the fuzz corpus and every crash the fuzzer found (`fuzz/corpus`, `fuzz/regressions`)
 //! through the same input path, on stable Rust: none may panic.
 
+mod common;
+
 use std::path::Path;
 
 fn replay(dir: &Path) -> usize {
@@ -20,7 +22,7 @@ fn replay(dir: &Path) -> usize {
 
 #[test]
 fn the_fuzz_corpus_and_its_crashes_decode_without_panicking() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = common::repo_path("fuzz");
     let corpus = replay(&root.join("corpus/image_input"));
     let crashes = replay(&root.join("regressions/image_input"));
     assert!(corpus >= 10, "the seed corpus is missing ({corpus} files)");

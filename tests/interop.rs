@@ -1,6 +1,8 @@
 //! Files salient writes are ordinary Parquet: pyarrow and DuckDB read them (the Python side is
 //! installed by tests/run.sh from tests/requirements.txt).
 
+mod common;
+
 use std::process::Command;
 
 use salient::datasets::{self, DatasetName};
@@ -15,7 +17,7 @@ fn pyarrow_and_duckdb_read_the_built_datasets() {
         &datasets::default_sources_dir(),
     )
     .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/read_tables.py");
+    let script = common::repo_path("tests/interop/read_tables.py");
     let output = Command::new("python3")
         .arg(script)
         .arg(&built.target)

@@ -103,10 +103,7 @@ fn parity(config: salient::train::TrainConfig) {
         .collect();
     std::fs::write(bin.with_extension("cluster_id.bin"), ids_le).unwrap();
     let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/check_onnx.py"
-        ))
+        .arg(common::repo_path("tests/interop/check_onnx.py"))
         .arg(&model_dir)
         .arg(dir.path().join("pixels.bin"))
         .arg(&bin)

@@ -1,6 +1,8 @@
 //! `salient run`: steps run once, reruns skip what did not change, a changed setting reruns
 //! only the steps after it, and a broken pipeline file is refused by name.
 
+mod common;
+
 use candle_core::Device;
 use salient::pipeline::{run, Pipeline, StepOutcome, STATE_FILE};
 
@@ -134,7 +136,7 @@ fn a_pipeline_without_data_or_with_unknown_keys_is_refused() {
 #[test]
 fn the_shipped_pipelines_parse() {
     let mut parsed = 0;
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).unwrap() {
+    for entry in std::fs::read_dir(common::repo_path("pipelines")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -147,7 +149,7 @@ fn the_shipped_pipelines_parse() {
 
 #[test]
 fn the_shipped_training_configs_parse() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/configs");
+    let dir = common::repo_path("examples/configs");
     let mut parsed = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -106,9 +106,7 @@ fn start(args: &[&str], token: Option<&str>) -> Server {
 /// Runs `tests/interop/SCRIPT ARGS` and returns its output, failing with both streams if it
 /// exits non-zero.
 fn client(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/interop")
-        .join(script);
+    let path = common::repo_path("tests/interop").join(script);
     let output = Command::new("python3")
         .arg(path)
         .args(args)
@@ -308,7 +306,7 @@ fn a_killed_client_frees_its_slot_and_a_killed_server_restarts() {
 
     // A client killed (SIGKILL) while its result streams.
     let mut stalled = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/flight_sql_stall.py"))
+        .arg(common::repo_path("tests/interop/flight_sql_stall.py"))
         .args([&server.uri, TOKEN])
         .stdout(Stdio::piped())
         .spawn()

@@ -139,7 +139,7 @@ impl sqllogictest::AsyncDB for SqlDb {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictest_files() {
     let f = fixture();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
+    let dir = common::repo_path("tests/sql");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -187,10 +187,7 @@ fn check_embedded(path: &Path, model: &Path, rows: usize, columns: Option<&str>)
     let id = salient::manifest::Manifest::read(model).unwrap().id;
     let mut check = Command::new("python3");
     check
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/read_embedded.py"
-        ))
+        .arg(common::repo_path("tests/interop/read_embedded.py"))
         .arg(path)
         .arg(&id)
         .arg(rows.to_string());

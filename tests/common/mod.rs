@@ -256,6 +256,15 @@ pub fn read_rows(path: &Path) -> Vec<(i64, Vec<u8>, Option<i64>)> {
     rows
 }
 
+/// `rel` inside the repository. The root is read when the test runs (cargo sets
+/// CARGO_MANIFEST_DIR for it), not baked in with `env!`: cargo reuses a target directory's test
+/// binaries for a checkout of the same sources at another path, where the baked-in path would
+/// not exist.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    std::path::PathBuf::from(root).join(rel)
+}
+
 /// Runs the `salient` binary with quiet logs.
 pub fn salient(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_salient"))
