@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The clustering-quality suite: every method of `salient compare` (k-means on raw pixels, PCA,
-# contrastive PCA over its alpha grid, reference whitening, shift-invariant k-means, IDFD, cIDFD)
-# on every benchmark dataset, over 3 seeds, into one table.
+# contrastive PCA over its alpha grid, reference whitening, reference whitening + PCA,
+# shift-invariant k-means, IDFD, cIDFD) on every benchmark dataset, over 3 seeds, into one table.
 #
 #   bash benches/quality.sh [WORK_DIR]
 #
@@ -12,19 +12,19 @@
 # method can be rerun or added alone. Settings through the environment:
 #   SALIENT   the salient binary (default: built here with `cargo build --release`)
 #   DATASETS  space-separated dataset names (default: all six)
-#   METHODS   comma-separated methods (default: raw,pca,cpca,whiten,tic,idfd,cidfd)
+#   METHODS   comma-separated methods (default: raw,pca,cpca,whiten,whiten-pca,tic,idfd,cidfd)
 #   SEEDS     seeds per method (default 3)
 #   CONFIG    training settings (TOML) for IDFD and cIDFD (default: salient's defaults)
 #   EPOCHS    overrides the training epochs
 #   DOCS      where the table goes (default docs)
 # A full run trains 2 x 3 models per dataset: many hours on 2 cores. Linear methods alone
-# (METHODS=raw,pca,cpca,whiten,tic) take minutes.
+# (METHODS=raw,pca,cpca,whiten,whiten-pca,tic) take minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work="${1:-out/quality}"
 datasets="${DATASETS:-mnist-grass-01 mnist-grass-012 mnist-grass-shifted fashion-textures-shifted mnist-grass fashion-textures}"
-methods="${METHODS:-raw,pca,cpca,whiten,tic,idfd,cidfd}"
+methods="${METHODS:-raw,pca,cpca,whiten,whiten-pca,tic,idfd,cidfd}"
 seeds="${SEEDS:-3}"
 docs="${DOCS:-docs}"
 if [[ -z "${SALIENT:-}" ]]; then

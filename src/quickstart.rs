@@ -28,13 +28,14 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     println!("    target    {}", data.target.display());
     println!("    reference {}", data.reference.display());
 
-    println!(
-        "2/6 baselines: k-means on raw pixels, on contrastive PCA (20 components) and on \
-         reference-whitened pixels"
-    );
     let mut config: TrainConfig = toml::from_str(QUICKSTART_CONFIG)
         .map_err(|e| crate::Error::Invalid(format!("internal: quickstart config: {e}")))?;
     config.seed = seed;
+    println!(
+        "2/6 baselines: k-means on raw pixels, on contrastive PCA (20 components) and on \
+         reference-whitened pixels (all of them, and their top {} principal components)",
+        config.neighbour_components
+    );
     let baselines = compare::run(&CompareJob {
         target: data.target.to_string_lossy().into_owned(),
         reference: data.reference.to_string_lossy().into_owned(),
@@ -44,6 +45,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
             CompareMethod::Raw,
             CompareMethod::Cpca,
             CompareMethod::Whiten,
+            CompareMethod::WhitenPca,
         ],
         components: 20,
         cpca_alphas: vec![1.0, 2.0, 5.0],
@@ -101,7 +103,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         .filter(|(method, _)| method != "raw")
         .max_by(|a, b| a.1.acc.total_cmp(&b.1.acc));
     println!(
-        "    {:<36} {:>6} {:>6} {:>6}",
+        "    {:<44} {:>6} {:>6} {:>6}",
         format!("{name}, k = {k}"),
         "ACC",
         "NMI",
@@ -113,7 +115,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     ] {
         if let Some((method, s)) = summary {
             println!(
-                "    {:<36} {:>6.3} {:>6.3} {:>6.3}",
+                "    {:<44} {:>6.3} {:>6.3} {:>6.3}",
                 format!("{label} ({method})"),
                 s.acc,
                 s.nmi,
@@ -122,7 +124,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
         }
     }
     println!(
-        "    {:<36} {:>6.3} {:>6.3} {:>6.3}",
+        "    {:<44} {:>6.3} {:>6.3} {:>6.3}",
         "cIDFD (clusters from SQL)", scores.acc, scores.nmi, scores.ari
     );
 

@@ -131,7 +131,7 @@ pub(crate) struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,pca,cpca,whiten,tic,idfd,cidfd"
+        default_value = "raw,pca,cpca,whiten,whiten-pca,tic,idfd,cidfd"
     )]
     methods: Vec<CompareMethod>,
     /// Components kept by PCA and contrastive PCA.
