@@ -352,10 +352,14 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 /// schedule other than the default name the row (as the window names tic's), so that rows
 /// trained differently never share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`,
 /// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(window=28,skip=3,view_lambda=1)`,
-/// `cidfd(window=28,radius=3,skip=3,view_lambda=1)`, `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
+/// `cidfd(window=28,radius=3,skip=3,view_lambda=1)`, `cidfd(whiten=matrix,skip=3,view_lambda=1)`,
+/// `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
+        if train.whitening_matrix {
+            parts.push(("whiten", "matrix".to_string()));
+        }
         // An unset window is the default front: it names nothing. A set window names its
         // radius as well, default or not, so that both searches keep distinct rows.
         let (window, radius) = match train.align_window {

@@ -146,6 +146,13 @@ pub struct TrainConfig {
     /// method's default, see [`TrainConfig::whitening_kernel`]). cIDFD only (IDFD reads no
     /// reference set).
     pub whitening_kernel: Option<usize>,
+    /// The reference whitening as the whole ZCA matrix of the reference images (position-
+    /// dependent; images of at most 64×64 values) instead of a `whitening_kernel`-sided kernel
+    /// (see [`crate::whitening::WhiteningMatrix`]). Needs `whitening_kernel` > 0 (whitening
+    /// on). Not serialised when false, so manifests and pipeline keys of kernel models stay as
+    /// they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whitening_matrix: bool,
     /// ε of the whitening filter as a fraction of the mean reference power: larger keeps more
     /// of the frequencies the backgrounds are strong in.
     pub whitening_shrinkage: f64,
@@ -201,6 +208,7 @@ impl Default for TrainConfig {
             bank_momentum: 0.5,
             bank_init: BankInit::Random,
             whitening_kernel: None,
+            whitening_matrix: false,
             whitening_shrinkage: 1.0,
             augment: AugmentConfig::default(),
             clusters: None,
@@ -440,6 +448,11 @@ impl TrainConfig {
         if self.whitening_kernel().is_multiple_of(2) && self.whitening_kernel() != 0 {
             return bad("whitening_kernel must be odd (or 0 for no whitening)");
         }
+        if self.whitening_matrix && self.whitening_kernel() == 0 {
+            return bad(
+                "whitening_matrix replaces the whitening kernel by the whole matrix: leave whitening_kernel on (> 0)",
+            );
+        }
         if !(self.whitening_shrinkage.is_finite() && self.whitening_shrinkage > 0.0) {
             return bad("whitening_shrinkage must be positive");
         }
@@ -561,6 +574,25 @@ mod tests {
             };
             cidfd.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn the_whitening_matrix_needs_whitening_on_and_is_not_written_when_off() {
+        let matrix: TrainConfig = toml::from_str("whitening_matrix = true").unwrap();
+        matrix.validate().unwrap();
+        let off = TrainConfig {
+            whitening_kernel: Some(0),
+            ..matrix.clone()
+        };
+        let err = off.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("whitening_matrix") && err.contains("whitening_kernel"),
+            "{err}"
+        );
+        // Kernel models' manifests and pipeline keys do not change with the new setting.
+        let written = |c: &TrainConfig| serde_json::to_string(c).unwrap();
+        assert!(!written(&TrainConfig::default()).contains("whitening_matrix"));
+        assert!(written(&matrix).contains("\"whitening_matrix\":true"));
     }
 
     #[test]

@@ -162,6 +162,107 @@ impl WhiteningFilter {
     }
 }
 
+/// The most values (channels × height × width) an image may have for [`WhiteningMatrix`]: it is
+/// a dense `d × d` matrix (64 MiB at this size).
+pub const MAX_MATRIX_VALUES: usize = 64 * 64;
+
+/// Reference whitening as the whole ZCA matrix rather than one row of it: `(x − μ) M` on the
+/// flattened normalised image, `M` the symmetric reference-whitening matrix (ε = `shrinkage` ×
+/// the mean eigenvalue). Unlike [`WhiteningFilter`] it whitens each pixel with its own weights,
+/// so it also removes background structure that depends on the position in the image (the
+/// light falling across a table, a texture's orientation in each crop), at the price of a fixed
+/// image size. The output is still an image (ZCA keeps the pixel layout), scaled so that the
+/// whitened references have unit mean variance, as the filter's do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WhiteningMatrix {
+    /// The reference images' mean, normalised (C·H·W).
+    pub mean: Vec<f32>,
+    /// `d × d`, row-major (symmetric).
+    pub matrix: Vec<f32>,
+}
+
+impl WhiteningMatrix {
+    /// Fits the matrix to reference images (uint8 N×C×H×W, normalised with `norm` as the
+    /// encoder's input is).
+    pub fn fit(
+        pixels: &[u8],
+        shape: ImageShape,
+        norm: &Normalization,
+        shrinkage: f64,
+    ) -> Result<Self> {
+        let d = shape.len();
+        if d > MAX_MATRIX_VALUES {
+            return Err(Error::Invalid(format!(
+                "whitening_matrix: {}x{}x{} images have {d} values, at most {MAX_MATRIX_VALUES} fit a dense whitening matrix; use the whitening kernel (whitening_matrix = false)",
+                shape.channels, shape.height, shape.width
+            )));
+        }
+        if !(shrinkage.is_finite() && shrinkage > 0.0) {
+            return Err(Error::Invalid(format!(
+                "whitening shrinkage {shrinkage}: must be positive"
+            )));
+        }
+        let n = pixels.len() / d.max(1);
+        if n < 2 {
+            return Err(Error::Invalid(
+                "reference whitening needs at least two reference images".into(),
+            ));
+        }
+        let plane = shape.height * shape.width;
+        let rows: Vec<f32> = pixels
+            .chunks_exact(d)
+            .flat_map(|image| {
+                image.iter().enumerate().map(|(i, &v)| {
+                    let c = i / plane;
+                    (v as f32 / 255.0 - norm.mean[c]) / norm.std[c]
+                })
+            })
+            .collect();
+        if rows.iter().all(|&v| v == rows[0]) {
+            return Err(Error::Invalid(
+                "reference whitening: the reference images have no variation".into(),
+            ));
+        }
+        let zca = crate::baselines::ReferenceZca::fit(&rows, d, shrinkage)?;
+        let sample = &rows[..d * n.min(MAX_COVARIANCE_IMAGES)];
+        let whitened = zca.apply(sample)?;
+        let mean_square =
+            whitened.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / whitened.len() as f64;
+        let sd = mean_square.sqrt();
+        if !(sd.is_finite() && sd > 0.0) {
+            return Err(Error::Invalid(
+                "reference whitening: the reference images have no variation".into(),
+            ));
+        }
+        Ok(Self {
+            mean: zca.mean,
+            matrix: zca
+                .matrix
+                .iter()
+                .map(|&v| (f64::from(v) / sd) as f32)
+                .collect(),
+        })
+    }
+
+    /// The matrix applied to normalised images (N×C×H×W floats, flattened per image): the
+    /// reference implementation the tests compare the encoder and the ONNX graph against.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.mean.len();
+        x.chunks_exact(d)
+            .flat_map(|image| {
+                (0..d).map(move |j| {
+                    image
+                        .iter()
+                        .zip(&self.mean)
+                        .enumerate()
+                        .map(|(i, (&v, &m))| (v - m) * self.matrix[i * d + j])
+                        .sum::<f32>()
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +405,96 @@ mod tests {
         let flat = vec![128u8; 4 * SIDE * SIDE];
         let err = WhiteningFilter::fit(&flat, shape(), &norm, 9, 1.0).unwrap_err();
         assert!(err.to_string().contains("no variation"), "{err}");
+    }
+
+    /// Smooth backgrounds plus a left-to-right brightness ramp of random sign and strength: a
+    /// background structure tied to the position in the image, which one kernel cannot follow.
+    fn ramped_backgrounds(n: usize, seed: u64) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut out = smooth_backgrounds(n, seed + 100);
+        for image in out.chunks_exact_mut(SIDE * SIDE) {
+            let a: f32 = rng.random_range(-40.0..40.0);
+            for (i, v) in image.iter_mut().enumerate() {
+                let x = (i % SIDE) as f32 / (SIDE - 1) as f32 - 0.5;
+                *v = (*v as f32 + a * x).clamp(0.0, 255.0) as u8;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_matrix_whitens_fresh_backgrounds_to_unit_variance() {
+        let norm = identity_norm();
+        let matrix =
+            WhiteningMatrix::fit(&smooth_backgrounds(600, 1), shape(), &norm, 0.1).unwrap();
+        let d = SIDE * SIDE;
+        assert_eq!((matrix.mean.len(), matrix.matrix.len()), (d, d * d));
+        for i in 0..d {
+            for j in 0..i {
+                assert_eq!(matrix.matrix[i * d + j], matrix.matrix[j * d + i]);
+            }
+        }
+        let fresh = normalised(&smooth_backgrounds(200, 2), &norm);
+        let before = neighbour_correlation(&fresh);
+        let white = matrix.apply(&fresh);
+        let after = neighbour_correlation(&white);
+        assert!(
+            after < before - 0.1,
+            "whitened neighbours: {after} (before {before})"
+        );
+        let var = white.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / white.len() as f64;
+        assert!((0.6..1.6).contains(&var), "variance {var}");
+    }
+
+    #[test]
+    fn the_matrix_also_removes_background_structure_tied_to_the_position() {
+        let norm = identity_norm();
+        let references = ramped_backgrounds(800, 6);
+        let matrix = WhiteningMatrix::fit(&references, shape(), &norm, 0.1).unwrap();
+        let filter = WhiteningFilter::fit(&references, shape(), &norm, 9, 0.1).unwrap();
+        let backgrounds = normalised(&ramped_backgrounds(100, 7), &norm);
+        let stroke: Vec<f32> = (0..SIDE * SIDE)
+            .map(|i| if i % SIDE == SIDE / 2 { 0.5 } else { 0.0 })
+            .collect();
+        // Subtracting the reference mean is the matrix's; the kernel sees centred images too.
+        let centred = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .zip(matrix.mean.iter().cycle())
+                .map(|(v, m)| v - m)
+                .collect()
+        };
+        let energy = |x: &[f32]| x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        let zero_mean = WhiteningMatrix {
+            mean: vec![0.0; SIDE * SIDE],
+            matrix: matrix.matrix.clone(),
+        };
+        let snr_matrix = energy(&zero_mean.apply(&stroke)) * 100.0
+            / energy(&zero_mean.apply(&centred(&backgrounds)));
+        let snr_kernel = energy(&filter.apply(&stroke, shape())) * 100.0
+            / energy(&filter.apply(&centred(&backgrounds), shape()));
+        assert!(
+            snr_matrix > 1.5 * snr_kernel,
+            "stroke-to-background energy: matrix {snr_matrix}, kernel {snr_kernel}"
+        );
+    }
+
+    #[test]
+    fn bad_matrix_settings_are_refused() {
+        let norm = identity_norm();
+        let refs = smooth_backgrounds(4, 5);
+        for shrinkage in [0.0, f64::NAN] {
+            let err = WhiteningMatrix::fit(&refs, shape(), &norm, shrinkage).unwrap_err();
+            assert!(err.to_string().contains("whitening"), "{err}");
+        }
+        assert!(WhiteningMatrix::fit(&refs[..SIDE * SIDE], shape(), &norm, 1.0).is_err());
+        let flat = vec![128u8; 4 * SIDE * SIDE];
+        let err = WhiteningMatrix::fit(&flat, shape(), &norm, 1.0).unwrap_err();
+        assert!(err.to_string().contains("no variation"), "{err}");
+        let big = ImageShape::new(3, 64, 64);
+        let err = WhiteningMatrix::fit(&vec![0u8; 2 * big.len()], big, &norm, 1.0).unwrap_err();
+        assert!(
+            err.to_string().contains("3x64x64") && err.to_string().contains("4096"),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use salient::export::TrainedModel;
 use salient::export::ONNX_FILE;
 use salient::infer::{EngineOptions, InferenceEngine};
 use salient::manifest::Manifest;
-use salient::model::Architecture;
+use salient::model::{Architecture, InputWhitening};
 
 /// A small model trained for one epoch on 256 real mnist-grass images (train exports it), and
 /// its target table.
@@ -49,7 +49,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn parity(config: salient::train::TrainConfig) {
     let architecture = config.architecture;
-    let whitening = config.whitening_kernel() > 0;
+    let whitening = match (config.whitening_kernel() > 0, config.whitening_matrix) {
+        (false, _) => "none",
+        (true, false) => "kernel",
+        (true, true) => "matrix",
+    };
     let aligned = config.align_window() > 0;
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, target) = trained(dir.path(), config);
@@ -57,7 +61,12 @@ fn parity(config: salient::train::TrainConfig) {
     assert_eq!(manifest.id.len(), 64, "train exports and records the id");
 
     let candle = TrainedModel::load(&model_dir).unwrap();
-    assert_eq!(candle.encoder.input_filter().is_some(), whitening);
+    let loaded = match candle.encoder.input_whitening() {
+        None => "none",
+        Some(InputWhitening::Kernel(_)) => "kernel",
+        Some(InputWhitening::Matrix { .. }) => "matrix",
+    };
+    assert_eq!(loaded, whitening);
     assert_eq!(candle.alignment.is_some(), aligned);
     let pixels = pixels(&target, &candle);
     assert_eq!(pixels.len(), 256 * 28 * 28);
@@ -135,6 +144,26 @@ fn resnet18_with_head_norm_candle_and_onnx_runtime_agree() {
 fn the_reference_whitening_layer_runs_the_same_in_onnx_runtime() {
     parity(salient::train::TrainConfig {
         whitening_kernel: Some(7),
+        ..common::tiny_config()
+    });
+}
+
+#[test]
+fn the_reference_whitening_matrix_runs_the_same_in_onnx_runtime() {
+    parity(salient::train::TrainConfig {
+        whitening_kernel: Some(7),
+        whitening_matrix: true,
+        ..common::tiny_config()
+    });
+}
+
+#[test]
+fn the_whitening_matrix_of_the_aligned_windows_runs_the_same_in_onnx_runtime() {
+    parity(salient::train::TrainConfig {
+        align_window: Some(20),
+        align_search_radius: Some(0),
+        whitening_kernel: Some(7),
+        whitening_matrix: true,
         ..common::tiny_config()
     });
 }

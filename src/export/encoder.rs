@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 
 use super::{attr_int, attr_ints, GraphBuilder};
 use crate::model::layers::{Conv, ConvBn, RowBatchNorm};
-use crate::model::{Encoder, Trunk};
+use crate::model::{Encoder, InputWhitening, Trunk};
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?
@@ -72,20 +72,34 @@ impl Encoder {
     /// un-normalised features (N×dim).
     pub(crate) fn export_onnx(&self, g: &mut GraphBuilder, x: &str) -> Result<String> {
         let mut h = x.to_string();
-        if let Some(filter) = &self.input_filter {
-            let (c, one, k, _) = filter.dims4()?;
-            let w = g.constant_f32("input_whitening", &[c, one, k, k], &values(filter)?);
-            let (k, p) = (k as i64, (k / 2) as i64);
-            h = g.node(
-                "Conv",
-                &[&h, &w],
-                vec![
-                    attr_ints("kernel_shape", &[k, k]),
-                    attr_ints("pads", &[p, p, p, p]),
-                    attr_int("group", c as i64),
-                ],
-                None,
-            );
+        match &self.input_whitening {
+            Some(InputWhitening::Kernel(filter)) => {
+                let (c, one, k, _) = filter.dims4()?;
+                let w = g.constant_f32("input_whitening", &[c, one, k, k], &values(filter)?);
+                let (k, p) = (k as i64, (k / 2) as i64);
+                h = g.node(
+                    "Conv",
+                    &[&h, &w],
+                    vec![
+                        attr_ints("kernel_shape", &[k, k]),
+                        attr_ints("pads", &[p, p, p, p]),
+                        attr_int("group", c as i64),
+                    ],
+                    None,
+                );
+            }
+            Some(InputWhitening::Matrix { mean, matrix }) => {
+                // Flatten, whiten, and back to N×C×H×W with the input's own shape.
+                let d = matrix.dims2()?.0;
+                let shape = g.node("Shape", &[&h], vec![], None);
+                let flat = g.node("Flatten", &[&h], vec![attr_int("axis", 1)], None);
+                let m = g.constant_f32("input_whitening_mean", &[1, d], &values(mean)?);
+                let centred = g.node("Sub", &[&flat, &m], vec![], None);
+                let w = g.constant_f32("input_whitening_matrix", &[d, d], &values(matrix)?);
+                let whitened = g.node("MatMul", &[&centred, &w], vec![], None);
+                h = g.node("Reshape", &[&whitened, &shape], vec![], None);
+            }
+            None => {}
         }
         let conv_bn_relu = |g: &mut GraphBuilder, layer: &ConvBn, x: &str| -> Result<String> {
             let y = layer.conv.export_with_bn(&layer.bn, g, x)?;

@@ -1,7 +1,10 @@
 //! A trained model directory loaded with candle, for the export and the parity checks.
 
 use crate::digest::sha256_file;
-use crate::model::{Encoder, EncoderConfig, INPUT_FILTER_TENSOR};
+use crate::model::{
+    Encoder, EncoderConfig, InputWhitening, INPUT_FILTER_TENSOR, INPUT_MATRIX_TENSOR,
+    INPUT_MEAN_TENSOR,
+};
 
 /// A trained model directory loaded with candle: the salient encoder, its preprocessing and
 /// centroids. `export` builds the ONNX graph from it; the ONNX parity tests compare against it.
@@ -47,21 +50,30 @@ impl TrainedModel {
             })?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let input_filter = if manifest.config.whitening_kernel() > 0 {
-            Some(
-                tensors
-                    .get(INPUT_FILTER_TENSOR)
-                    .cloned()
-                    .ok_or_else(|| Error::File {
-                        path: weights.clone(),
-                        message: format!(
-                            "no `{INPUT_FILTER_TENSOR}` tensor, though the manifest sets whitening_kernel = {}",
-                            manifest.config.whitening_kernel()
-                        ),
-                    })?,
-            )
-        } else {
-            None
+        let stored = |name: &str| {
+            tensors.get(name).cloned().ok_or_else(|| Error::File {
+                path: weights.clone(),
+                message: format!(
+                    "no `{name}` tensor, though the manifest sets whitening_kernel = {}{}",
+                    manifest.config.whitening_kernel(),
+                    if manifest.config.whitening_matrix {
+                        " and whitening_matrix = true"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        };
+        let input_whitening = match (
+            manifest.config.whitening_kernel() > 0,
+            manifest.config.whitening_matrix,
+        ) {
+            (false, _) => None,
+            (true, false) => Some(InputWhitening::Kernel(stored(INPUT_FILTER_TENSOR)?)),
+            (true, true) => Some(InputWhitening::Matrix {
+                mean: stored(INPUT_MEAN_TENSOR)?,
+                matrix: stored(INPUT_MATRIX_TENSOR)?,
+            }),
         };
         // Training records the window and radius it used; a manifest without them predates
         // the front.
@@ -107,13 +119,18 @@ impl TrainedModel {
         } else {
             None
         };
-        if let Some(filter) = input_filter {
-            encoder
+        let whitening_error = |name: &str, e: candle_core::Error| Error::File {
+            path: weights.clone(),
+            message: format!("`{name}`: {e}"),
+        };
+        match input_whitening {
+            Some(InputWhitening::Kernel(filter)) => encoder
                 .set_input_filter_tensor(filter)
-                .map_err(|e| Error::File {
-                    path: weights.clone(),
-                    message: format!("`{INPUT_FILTER_TENSOR}`: {e}"),
-                })?;
+                .map_err(|e| whitening_error(INPUT_FILTER_TENSOR, e))?,
+            Some(InputWhitening::Matrix { mean, matrix }) => encoder
+                .set_input_matrix_tensors(mean, matrix)
+                .map_err(|e| whitening_error(INPUT_MATRIX_TENSOR, e))?,
+            None => {}
         }
         Ok(Self {
             manifest,

@@ -20,9 +20,9 @@ pub(crate) enum Trunk {
 /// An encoder: trunk, global average pooling, linear head, L2 normalisation.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    /// Fixed depthwise filter applied to the input before the trunk (reference whitening,
-    /// C×1×k×k); not a parameter: it is fitted to the reference set, never trained.
-    pub(crate) input_filter: Option<Tensor>,
+    /// Fixed reference whitening applied to the input before the trunk; not a parameter: it
+    /// is fitted to the reference set, never trained.
+    pub(crate) input_whitening: Option<InputWhitening>,
     pub(crate) trunk: Trunk,
     pub(crate) head: Linear,
     pub(crate) head_norm: Option<RowBatchNorm>,
@@ -33,6 +33,19 @@ pub struct Encoder {
 
 /// Name of the salient encoder's input filter in `model.safetensors`.
 pub const INPUT_FILTER_TENSOR: &str = "salient.input_whitening";
+/// Names of the salient encoder's input whitening matrix and mean in `model.safetensors`.
+pub const INPUT_MATRIX_TENSOR: &str = "salient.input_whitening_matrix";
+pub const INPUT_MEAN_TENSOR: &str = "salient.input_whitening_mean";
+
+/// The salient encoder's fixed first layer: reference whitening, as a kernel or a matrix
+/// (see [`crate::whitening`]).
+#[derive(Debug, Clone)]
+pub enum InputWhitening {
+    /// One k×k kernel per channel (C×1×k×k), applied depthwise with zero padding k/2.
+    Kernel(Tensor),
+    /// `(x − mean) · matrix` on each flattened image: mean 1×d, matrix d×d, d = C·H·W.
+    Matrix { mean: Tensor, matrix: Tensor },
+}
 
 impl Encoder {
     pub fn new(config: EncoderConfig, vb: VarBuilder) -> Result<Self> {
@@ -76,7 +89,7 @@ impl Encoder {
             None
         };
         Ok(Self {
-            input_filter: None,
+            input_whitening: None,
             kernels: Kernels::Auto,
             trunk,
             head,
@@ -104,11 +117,11 @@ impl Encoder {
                 self.config.in_channels
             );
         }
-        self.input_filter = Some(Tensor::from_slice(
+        self.input_whitening = Some(InputWhitening::Kernel(Tensor::from_slice(
             &filter.weights,
             (filter.channels, 1, filter.size, filter.size),
             device,
-        )?);
+        )?));
         Ok(())
     }
 
@@ -122,12 +135,41 @@ impl Encoder {
                 self.config.in_channels
             );
         }
-        self.input_filter = Some(filter);
+        self.input_whitening = Some(InputWhitening::Kernel(filter));
         Ok(())
     }
 
-    pub fn input_filter(&self) -> Option<&Tensor> {
-        self.input_filter.as_ref()
+    /// Sets the fixed input whitening matrix.
+    pub fn set_input_matrix(
+        &mut self,
+        whitening: &crate::whitening::WhiteningMatrix,
+        device: &candle_core::Device,
+    ) -> Result<()> {
+        let d = whitening.mean.len();
+        self.set_input_matrix_tensors(
+            Tensor::from_slice(&whitening.mean, (1, d), device)?,
+            Tensor::from_slice(&whitening.matrix, (d, d), device)?,
+        )
+    }
+
+    /// Sets the input whitening from its stored tensors (mean 1×d, matrix d×d).
+    pub fn set_input_matrix_tensors(&mut self, mean: Tensor, matrix: Tensor) -> Result<()> {
+        let (one, d) = mean.dims2()?;
+        let (rows, cols) = matrix.dims2()?;
+        if one != 1 || rows != d || cols != d || d % self.config.in_channels != 0 {
+            candle_core::bail!(
+                "input whitening of shapes {:?} and {:?}, expected 1xd and dxd with d a multiple of {} channels",
+                mean.dims(),
+                matrix.dims(),
+                self.config.in_channels
+            );
+        }
+        self.input_whitening = Some(InputWhitening::Matrix { mean, matrix });
+        Ok(())
+    }
+
+    pub fn input_whitening(&self) -> Option<&InputWhitening> {
+        self.input_whitening.as_ref()
     }
 
     /// Un-normalised features (B×dim) of a float batch (B×C×H×W).
@@ -137,10 +179,18 @@ impl Encoder {
             kernels: self.kernels.resolve(x.device())?,
         };
         let filtered;
-        let x = match &self.input_filter {
-            Some(filter) => {
+        let x = match &self.input_whitening {
+            Some(InputWhitening::Kernel(filter)) => {
                 let (c, _, k, _) = filter.dims4()?;
                 filtered = x.conv2d(filter, k / 2, 1, 1, c)?;
+                &filtered
+            }
+            Some(InputWhitening::Matrix { mean, matrix }) => {
+                filtered = x
+                    .flatten_from(1)?
+                    .broadcast_sub(mean)?
+                    .matmul(matrix)?
+                    .reshape(x.dims())?;
                 &filtered
             }
             None => x,

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::kernels::Kernels;
 pub(crate) use encoder::Trunk;
-pub use encoder::{l2_normalize, Encoder, INPUT_FILTER_TENSOR};
+pub use encoder::{
+    l2_normalize, Encoder, InputWhitening, INPUT_FILTER_TENSOR, INPUT_MATRIX_TENSOR,
+    INPUT_MEAN_TENSOR,
+};
 
 /// Which encoder architecture to build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

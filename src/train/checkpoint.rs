@@ -113,7 +113,7 @@ impl Trainer {
     }
 
     /// The model's parameters (both encoders, batch-norm statistics included) and the salient
-    /// encoder's fixed input filter, when it has one.
+    /// encoder's fixed input whitening, when it has one.
     pub fn parameters(&self) -> Result<std::collections::HashMap<String, Tensor>> {
         let mut tensors: std::collections::HashMap<String, Tensor> = self
             .varmap
@@ -123,8 +123,16 @@ impl Trainer {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        if let Some(filter) = self.salient.input_filter() {
-            tensors.insert(crate::model::INPUT_FILTER_TENSOR.into(), filter.clone());
+        use crate::model::InputWhitening;
+        match self.salient.input_whitening() {
+            Some(InputWhitening::Kernel(filter)) => {
+                tensors.insert(crate::model::INPUT_FILTER_TENSOR.into(), filter.clone());
+            }
+            Some(InputWhitening::Matrix { mean, matrix }) => {
+                tensors.insert(crate::model::INPUT_MEAN_TENSOR.into(), mean.clone());
+                tensors.insert(crate::model::INPUT_MATRIX_TENSOR.into(), matrix.clone());
+            }
+            None => {}
         }
         Ok(tensors)
     }

@@ -169,7 +169,25 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             ));
         };
         let in_reference = |e: Error| Error::Invalid(format!("reference table `{spec}`: {e}"));
-        if config.whitening_kernel() > 0 {
+        if config.whitening_kernel() > 0 && config.whitening_matrix {
+            // Deterministic in the reference set, so a resumed run fits the same matrix again.
+            let whitening = crate::whitening::WhiteningMatrix::fit(
+                &reference.pixels,
+                shape,
+                &norm,
+                config.whitening_shrinkage,
+            )
+            .map_err(in_reference)?;
+            tracing::info!(
+                values = whitening.mean.len(),
+                shrinkage = config.whitening_shrinkage,
+                "fitted the reference-whitening matrix"
+            );
+            trainer
+                .salient
+                .set_input_matrix(&whitening, &job.device)
+                .map_err(|e| Error::Invalid(format!("internal: {e}")))?;
+        } else if config.whitening_kernel() > 0 {
             // Deterministic in the reference set, so a resumed run fits the same filter again.
             let filter = crate::whitening::WhiteningFilter::fit(
                 &reference.pixels,
