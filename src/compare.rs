@@ -348,11 +348,12 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 }
 
 /// The row name and model-directory name of a trained method. Settings that change what
-/// the positives are, the reference-null term and the two-view background correction, and a
-/// schedule other than the default name the row (as the window names tic's), so that rows
-/// trained differently never share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`,
-/// `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`, `cidfd(window=28,skip=3,view_lambda=1)`,
-/// `cidfd(window=28,radius=3,skip=3,view_lambda=1)`, `cidfd(whiten=matrix,skip=3,view_lambda=1)`,
+/// the positives are, the reference-null term, the two-view background correction, the
+/// reference overlay and a schedule other than the default name the row (as the window names
+/// tic's), so that rows trained differently never share a name in a table: `cidfd(skip=3)`,
+/// `cidfd(align=28)`, `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`,
+/// `cidfd(window=28,skip=3,view_lambda=1)`, `cidfd(window=28,radius=3,skip=3,view_lambda=1)`,
+/// `cidfd(whiten=matrix,skip=3,view_lambda=1)`, `cidfd(skip=3,view_lambda=1,overlay=0.5)`,
 /// `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
@@ -382,6 +383,9 @@ fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
         }
         if train.two_view_lambda() != 0.0 {
             parts.push(("view_lambda", train.two_view_lambda().to_string()));
+        }
+        if train.augment.overlay_p > 0.0 {
+            parts.push(("overlay", train.augment.overlay_p.to_string()));
         }
     }
     if train.epochs != TrainConfig::default().epochs {
@@ -449,7 +453,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trained_rows_are_named_by_their_positives_reference_terms_and_a_non_default_schedule() {
+    fn trained_rows_are_named_by_their_positives_reference_terms_front_overlay_and_a_non_default_schedule(
+    ) {
         let default = TrainConfig::default();
         assert_eq!(
             trained_row_name(false, &default),
@@ -515,6 +520,19 @@ mod tests {
         assert_eq!(
             trained_row_name(false, &uncorrected),
             ("cidfd(skip=3)".into(), "cidfd-skip3".into())
+        );
+        let mut overlaid = default.clone();
+        overlaid.augment.overlay_p = 0.5;
+        let matrix = TrainConfig {
+            whitening_matrix: true,
+            ..overlaid
+        };
+        assert_eq!(
+            trained_row_name(false, &matrix),
+            (
+                "cidfd(whiten=matrix,skip=3,view_lambda=1,overlay=0.5)".into(),
+                "cidfd-whitenmatrix-skip3-view_lambda1-overlay0.5".into()
+            )
         );
         let epochs = default.epochs + 20;
         let longer = TrainConfig { epochs, ..default };
