@@ -1,8 +1,8 @@
 //! `salient compare`: the baselines and cIDFD on the same data and seeds, in one table
 //! (METHOD.md's evaluation protocol): k-means on raw pixels, PCA + k-means, contrastive PCA +
 //! k-means (reported per α, since picking α by the labels would be cheating), reference
-//! whitening + k-means, reference whitening + PCA + k-means (the space the neighbour positives
-//! are found in), shift-invariant k-means on the whitened pixels, IDFD on the target set
+//! whitening + k-means, reference whitening + PCA + k-means (the space cIDFD finds its neighbour
+//! positives in when no alignment front is on), shift-invariant k-means on the whitened pixels, IDFD on the target set
 //! alone, and cIDFD.
 
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::baselines::{
-    align_by_templates, cpca_grid, normalize_rows, pca, reference_whitened_pixels,
-    reference_whitening, ShiftKMeans,
+    align_by_templates, cpca_grid, normalised_principal_components, normalize_rows, pca,
+    reference_whitened_pixels, reference_whitening, ShiftKMeans,
 };
 use crate::data::{probe_table_shape, LabelRequirement, ReaderOptions, SizePolicy};
 use crate::error::{Error, Result};
@@ -33,8 +33,8 @@ pub enum CompareMethod {
     /// k-means on target pixels whitened with the reference covariance.
     Whiten,
     /// k-means on the reference-whitened pixels reduced to the top `neighbour_components`
-    /// principal components and normalised: the space cIDFD's neighbour positives are found in,
-    /// so the bar its learned embedding has to clear.
+    /// principal components and normalised: the space cIDFD finds its neighbour positives in
+    /// (when no alignment front is on), so a bar its learned embedding has to clear.
     WhitenPca,
     /// k-means on the windows of the reference-whitened pixels that shift-invariant k-means
     /// aligns (templates matched at every offset): the classical answer to objects that move.
@@ -207,15 +207,15 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
         Some(_) => whitened_pixels_seconds + started.elapsed().as_secs_f64(),
         None => started.elapsed().as_secs_f64(),
     };
-    // The neighbour space: `Neighbours::in_whitened_pixels`'s rows, before the neighbour search.
+    // The neighbour space (`Neighbours::in_whitened_pixels` searches the same projection).
     let started = timed();
-    let whitened_pca_components = job.train.neighbour_components.min(d).min(target.len());
     let whitened_pca = match (&whitened, job.methods.contains(&CompareMethod::WhitenPca)) {
-        (Some(z), true) => {
-            let mut rows = pca(z, target.len(), d, whitened_pca_components)?.embedding;
-            normalize_rows(&mut rows, whitened_pca_components);
-            Some(rows)
-        }
+        (Some(z), true) => Some(normalised_principal_components(
+            z,
+            target.len(),
+            d,
+            job.train.neighbour_components,
+        )?),
         _ => None,
     };
     let whitened_pca_seconds = whiten_seconds + started.elapsed().as_secs_f64();
@@ -269,8 +269,8 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                     }
                 }
                 CompareMethod::WhitenPca => {
-                    if let Some(e) = &whitened_pca {
-                        let c = whitened_pca_components;
+                    if let Some((e, c)) = &whitened_pca {
+                        let c = *c;
                         let (_, s) = cluster_and_score(e, c, Some(&labels), k, restarts, seed)?;
                         push(
                             &mut runs,
@@ -318,6 +318,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         // IDFD reads no reference set: no reference whitening, and no
                         // neighbours found in reference-whitened pixels.
                         config.whitening_kernel = Some(0);
+                        config.whitening_matrix = false;
                         config.neighbour_positives = Some(0);
                         config.neighbour_align_window = 0;
                         config.neighbour_skip_raw_nearest = Some(0);
@@ -348,8 +349,8 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 }
 
 /// The row name and model-directory name of a trained method. Settings that change what
-/// the positives are, the reference-null term, the two-view background correction, the
-/// reference overlay and a schedule other than the default name the row (as the window names
+/// the positives are, the whitening matrix, the reference-null term, the two-view background
+/// correction, the reference overlay and a schedule other than the default name the row (as the window names
 /// tic's), so that rows trained differently never share a name in a table: `cidfd(skip=3)`,
 /// `cidfd(align=28)`, `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`,
 /// `cidfd(window=28,skip=3,view_lambda=1)`, `cidfd(window=28,radius=3,skip=3,view_lambda=1)`,
@@ -384,9 +385,10 @@ fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
         if train.two_view_lambda() != 0.0 {
             parts.push(("view_lambda", train.two_view_lambda().to_string()));
         }
-        if train.augment.overlay_p > 0.0 {
-            parts.push(("overlay", train.augment.overlay_p.to_string()));
-        }
+    }
+    // IDFD reads the reference set for overlays too.
+    if train.augment.overlay_p > 0.0 {
+        parts.push(("overlay", train.augment.overlay_p.to_string()));
     }
     if train.epochs != TrainConfig::default().epochs {
         parts.push(("epochs", train.epochs.to_string()));
@@ -533,6 +535,10 @@ mod tests {
                 "cidfd(whiten=matrix,skip=3,view_lambda=1,overlay=0.5)".into(),
                 "cidfd-whitenmatrix-skip3-view_lambda1-overlay0.5".into()
             )
+        );
+        assert_eq!(
+            trained_row_name(true, &matrix),
+            ("idfd(overlay=0.5)".into(), "idfd-overlay0.5".into())
         );
         let epochs = default.epochs + 20;
         let longer = TrainConfig { epochs, ..default };

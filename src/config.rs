@@ -149,8 +149,8 @@ pub struct TrainConfig {
     /// The reference whitening as the whole ZCA matrix of the reference images (position-
     /// dependent; images of at most 64×64 values) instead of a `whitening_kernel`-sided kernel
     /// (see [`crate::whitening::WhiteningMatrix`]). Needs `whitening_kernel` > 0 (whitening
-    /// on). Not serialised when false, so manifests and pipeline keys of kernel models stay as
-    /// they were.
+    /// on). Not serialised when false: kernel models' manifests and pipeline keys do not
+    /// mention it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub whitening_matrix: bool,
     /// ε of the whitening filter as a fraction of the mean reference power: larger keeps more
@@ -382,11 +382,12 @@ impl TrainConfig {
         }
         if self.method == Method::Idfd
             && (self.whitening_kernel() > 0
+                || self.whitening_matrix
                 || self.neighbour_positives() > 0
                 || self.align_window() > 0)
         {
             return bad(
-                "whitening_kernel, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
+                "whitening_kernel, whitening_matrix, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
         }
         if self.align_search_radius.is_some_and(|r| r > 0) && self.align_window == Some(0) {
@@ -563,6 +564,11 @@ mod tests {
                 method: Method::Idfd,
                 two_view_weight: 1.0,
                 neighbour_positives: Some(5),
+                ..Default::default()
+            },
+            TrainConfig {
+                method: Method::Idfd,
+                whitening_matrix: true,
                 ..Default::default()
             },
         ] {

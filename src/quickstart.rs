@@ -33,7 +33,7 @@ pub fn run(out: &Path, seed: u64) -> Result<()> {
     config.seed = seed;
     println!(
         "2/6 baselines: k-means on raw pixels, on contrastive PCA (20 components) and on \
-         reference-whitened pixels (all of them, and their top {} principal components)",
+         reference-whitened pixels (whole, and reduced to their top {} principal components)",
         config.neighbour_components
     );
     let baselines = compare::run(&CompareJob {

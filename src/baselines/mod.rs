@@ -256,6 +256,23 @@ pub fn reference_whitening(
     Ok(z)
 }
 
+/// `n` rows of `d` values reduced to their top `components` principal components (at most `d`
+/// and `n`) and L2-normalised; returns the rows and the number of components kept. On the
+/// reference-whitened targets this is the space cIDFD finds its neighbour positives in (where
+/// no alignment front replaces the images by windows), and the one `compare --methods
+/// whiten-pca` clusters.
+pub fn normalised_principal_components(
+    rows: &[f32],
+    n: usize,
+    d: usize,
+    components: usize,
+) -> Result<(Vec<f32>, usize), BaselineError> {
+    let components = components.min(d).min(n);
+    let mut reduced = pca(rows, n, d, components)?.embedding;
+    normalize_rows(&mut reduced, components);
+    Ok((reduced, components))
+}
+
 /// Scales each row of `d` columns to unit length (rows of zeros stay zero).
 pub(crate) fn normalize_rows(x: &mut [f32], d: usize) {
     x.par_chunks_exact_mut(d).for_each(shift::normalise);

@@ -632,3 +632,31 @@ fn shift_invariant_kmeans_searches_only_near_each_start() {
     );
     assert!(matches!(short, Err(BaselineError::ShapeMismatch { .. })));
 }
+
+#[test]
+fn normalised_principal_components_keep_the_leading_axes_at_unit_length() {
+    // Variance 9, 4 and 0.01 along three axes, and two rows that differ only along the third:
+    // two components drop that axis, so those rows land on one point; every row has length 1.
+    let mut x = axis_noise(500, &[3.0, 2.0, 0.1], 4);
+    x.extend([1.0, 2.0, 0.2, 1.0, 2.0, -0.2]);
+    let (rows, kept) = normalised_principal_components(&x, 502, 3, 2).unwrap();
+    assert_eq!((kept, rows.len()), (2, 1004));
+    for row in rows.chunks_exact(2) {
+        let norm = (row[0] * row[0] + row[1] * row[1]).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{row:?}");
+    }
+    let (a, b) = (&rows[1000..1002], &rows[1002..1004]);
+    assert!(
+        (a[0] - b[0]).abs() < 0.02 && (a[1] - b[1]).abs() < 0.02,
+        "{a:?} {b:?}"
+    );
+    // With all three components kept they stay apart.
+    let (all, capped) = normalised_principal_components(&x, 502, 3, 64).unwrap();
+    assert_eq!(
+        capped, 3,
+        "more components than the data has are capped at its dimension"
+    );
+    let (a, b) = (&all[1500..1503], &all[1503..1506]);
+    let gap: f32 = a.iter().zip(b).map(|(p, q)| (p - q).abs()).sum();
+    assert!(gap > 0.1, "{a:?} {b:?}");
+}

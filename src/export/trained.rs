@@ -127,9 +127,25 @@ impl TrainedModel {
             Some(InputWhitening::Kernel(filter)) => encoder
                 .set_input_filter_tensor(filter)
                 .map_err(|e| whitening_error(INPUT_FILTER_TENSOR, e))?,
-            Some(InputWhitening::Matrix { mean, matrix }) => encoder
-                .set_input_matrix_tensors(mean, matrix)
-                .map_err(|e| whitening_error(INPUT_MATRIX_TENSOR, e))?,
+            Some(InputWhitening::Matrix { mean, matrix }) => {
+                // The encoder sees the whole image, or the alignment front's window of it.
+                let values = match &alignment {
+                    Some(front) => front.window * front.window * manifest.input.shape.channels,
+                    None => manifest.input.shape.len(),
+                };
+                if matrix.dims() != [values, values] {
+                    return Err(Error::File {
+                        path: weights.clone(),
+                        message: format!(
+                            "`{INPUT_MATRIX_TENSOR}` has shape {:?}, expected [{values}, {values}] for the encoder's input",
+                            matrix.dims()
+                        ),
+                    });
+                }
+                encoder
+                    .set_input_matrix_tensors(mean, matrix)
+                    .map_err(|e| whitening_error(INPUT_MATRIX_TENSOR, e))?
+            }
             None => {}
         }
         Ok(Self {

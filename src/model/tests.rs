@@ -172,3 +172,42 @@ fn auto_kernels_resolve_to_the_fused_ones_on_the_cpu() {
         assert_eq!(k.resolve(&Device::Cpu).unwrap(), k);
     }
 }
+
+/// The encoder's whitening-matrix stage computes `WhiteningMatrix::apply`: an encoder with the
+/// matrix gives, on images, the features the same encoder without it gives on the whitened
+/// images (inference mode, so batch norm uses its running statistics).
+#[test]
+fn the_whitening_matrix_stage_is_the_matrix_applied_to_each_image() {
+    use rand::{Rng, SeedableRng};
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let config = EncoderConfig {
+        architecture: Architecture::SmallCnn,
+        in_channels: 2,
+        dim: 8,
+        width: 4,
+        head_norm: false,
+    };
+    let plain = Encoder::new(config, vb).unwrap();
+    seed_weights(&varmap, 7);
+    let (c, h, w) = (2, 6, 5);
+    let d = c * h * w;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let whitening = crate::whitening::WhiteningMatrix {
+        mean: draw(d),
+        matrix: draw(d * d),
+    };
+    let pixels = draw(3 * d);
+    let mut whitened = plain.clone();
+    whitened.set_input_matrix(&whitening, &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(pixels.clone(), (3, c, h, w), &Device::Cpu).unwrap();
+    let applied = Tensor::from_vec(whitening.apply(&pixels), (3, c, h, w), &Device::Cpu).unwrap();
+    let got = whitened.features(&x, false).unwrap();
+    let want = plain.features(&applied, false).unwrap();
+    assert!(max_rel_diff(&got, &want) < 1e-5, "{got} {want}");
+    // A matrix of the wrong size for the encoder's channels is refused.
+    let odd = Tensor::zeros((1, 7), DType::F32, &Device::Cpu).unwrap();
+    let odd_matrix = Tensor::zeros((7, 7), DType::F32, &Device::Cpu).unwrap();
+    assert!(whitened.set_input_matrix_tensors(odd, odd_matrix).is_err());
+}

@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use super::ImageSet;
 use crate::baselines::WHITENING_SHRINKAGE;
 use crate::baselines::{
-    align_by_templates, normalize_rows, pca, reference_whitened_pixels, reference_whitening,
-    ShiftKMeans,
+    align_by_templates, normalised_principal_components, reference_whitened_pixels,
+    reference_whitening, ShiftKMeans,
 };
 use crate::error::{Error, Result};
 
@@ -104,9 +104,7 @@ impl Neighbours {
         components: usize,
         k: usize,
     ) -> Result<Self> {
-        let components = components.min(d).min(n);
-        let mut reduced = pca(rows, n, d, components)?.embedding;
-        normalize_rows(&mut reduced, components);
+        let (reduced, components) = normalised_principal_components(rows, n, d, components)?;
         Self::of_rows(&reduced, components, k)
     }
 

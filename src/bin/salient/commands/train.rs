@@ -128,13 +128,17 @@ pub(crate) struct CompareArgs {
     clusters: usize,
     #[arg(long, default_value_t = 3)]
     seeds: usize,
+    /// Methods to run, each on its own rows: k-means on raw pixels, on PCA, on contrastive PCA
+    /// (a row per alpha), on reference-whitened pixels, on those reduced to the training
+    /// settings' `neighbour_components` (64 unless --config sets it), shift-invariant k-means,
+    /// IDFD and cIDFD.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "raw,pca,cpca,whiten,whiten-pca,tic,idfd,cidfd"
     )]
     methods: Vec<CompareMethod>,
-    /// Components kept by PCA and contrastive PCA.
+    /// Components kept by PCA and contrastive PCA (`whiten-pca` keeps `neighbour_components`).
     #[arg(long, default_value_t = 20)]
     components: usize,
     /// The alpha grid of contrastive PCA (each alpha is reported on its own row).
