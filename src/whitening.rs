@@ -51,17 +51,7 @@ impl WhiteningFilter {
                 h.min(w)
             )));
         }
-        if !(shrinkage.is_finite() && shrinkage > 0.0) {
-            return Err(Error::Invalid(format!(
-                "whitening shrinkage {shrinkage}: must be positive"
-            )));
-        }
-        let n = pixels.len() / shape.len().max(1);
-        if n < 2 {
-            return Err(Error::Invalid(
-                "reference whitening needs at least two reference images".into(),
-            ));
-        }
+        let n = reference_count(pixels, shape, shrinkage)?;
         let used = n.min(MAX_COVARIANCE_IMAGES);
         let plane = h * w;
         let (cy, cx) = (h / 2, w / 2);
@@ -82,9 +72,7 @@ impl WhiteningFilter {
                 .iter()
                 .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             if spread.1 - spread.0 <= 0.0 {
-                return Err(Error::Invalid(
-                    "reference whitening: the reference images have no variation".into(),
-                ));
+                return Err(no_variation());
             }
             let matrix = reference_whitening_matrix(&planes, plane, shrinkage)?;
             let centre = cy * w + cx;
@@ -113,9 +101,7 @@ impl WhiteningFilter {
                 / count;
             let sd = var.sqrt();
             if !(sd.is_finite() && sd > 0.0) {
-                return Err(Error::Invalid(
-                    "reference whitening: the reference images have no variation".into(),
-                ));
+                return Err(no_variation());
             }
             weights.extend(kernel.iter().map(|&v| (v as f64 / sd) as f32));
         }
@@ -166,6 +152,27 @@ impl WhiteningFilter {
     }
 }
 
+/// The number of reference images in `pixels` (uint8 images of `shape`), after the checks both
+/// fits share: a positive, finite shrinkage and at least two images.
+fn reference_count(pixels: &[u8], shape: ImageShape, shrinkage: f64) -> Result<usize> {
+    if !(shrinkage.is_finite() && shrinkage > 0.0) {
+        return Err(Error::Invalid(format!(
+            "whitening shrinkage {shrinkage}: must be positive"
+        )));
+    }
+    let n = pixels.len() / shape.len().max(1);
+    if n < 2 {
+        return Err(Error::Invalid(
+            "reference whitening needs at least two reference images".into(),
+        ));
+    }
+    Ok(n)
+}
+
+fn no_variation() -> Error {
+    Error::Invalid("reference whitening: the reference images have no variation".into())
+}
+
 /// The most values (channels × height × width) an image may have for [`WhiteningMatrix`]: it is
 /// a dense `d × d` matrix (64 MiB at this size).
 pub const MAX_MATRIX_VALUES: usize = 64 * 64;
@@ -201,17 +208,7 @@ impl WhiteningMatrix {
                 shape.channels, shape.height, shape.width
             )));
         }
-        if !(shrinkage.is_finite() && shrinkage > 0.0) {
-            return Err(Error::Invalid(format!(
-                "whitening shrinkage {shrinkage}: must be positive"
-            )));
-        }
-        let n = pixels.len() / d.max(1);
-        if n < 2 {
-            return Err(Error::Invalid(
-                "reference whitening needs at least two reference images".into(),
-            ));
-        }
+        let n = reference_count(pixels, shape, shrinkage)?;
         let plane = shape.height * shape.width;
         let rows: Vec<f32> = pixels
             .chunks_exact(d)
@@ -223,9 +220,7 @@ impl WhiteningMatrix {
             })
             .collect();
         if rows.iter().all(|&v| v == rows[0]) {
-            return Err(Error::Invalid(
-                "reference whitening: the reference images have no variation".into(),
-            ));
+            return Err(no_variation());
         }
         let zca = crate::baselines::ReferenceZca::fit(&rows, d, shrinkage)?;
         let sample = &rows[..d * n.min(MAX_COVARIANCE_IMAGES)];
@@ -234,9 +229,7 @@ impl WhiteningMatrix {
             whitened.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / whitened.len() as f64;
         let sd = mean_square.sqrt();
         if !(sd.is_finite() && sd > 0.0) {
-            return Err(Error::Invalid(
-                "reference whitening: the reference images have no variation".into(),
-            ));
+            return Err(no_variation());
         }
         Ok(Self {
             mean: zca.mean,

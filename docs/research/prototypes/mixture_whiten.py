@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 
-from neighbour_purity import load
+from neighbour_purity import load, nearest
 from texture_leak import corner_texture
 
 
@@ -32,18 +32,8 @@ def whitener(bf, shrinkage=1.0):
     return mu, v @ np.diag(1 / np.sqrt(ev.clip(0) + shrinkage * ev.mean())) @ v.T, (ev, v)
 
 
-def neighbours(f, k=10):
-    f = f - f.mean(0)
-    _, _, vt = np.linalg.svd(f, full_matrices=False)
-    p = f @ vt[:64].T
-    p /= np.linalg.norm(p, axis=1, keepdims=True) + 1e-12
-    s = p @ p.T
-    np.fill_diagonal(s, -np.inf)
-    return np.argpartition(-s, k, axis=1)[:, :k], p
-
-
 def report(name, z, y, texture):
-    nn, p = neighbours(z)
+    nn, p = nearest(z)
     pur = (y[nn] == y[:, None]).mean()
     tex = (texture[nn] == texture[:, None]).mean()
     km = KMeans(10, n_init=10, random_state=0).fit_predict(p)

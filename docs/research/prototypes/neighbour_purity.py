@@ -21,9 +21,9 @@ def load(path):
     return images, labels
 
 
-def purity(features, labels, k=10, groups=None):
-    """Share of the k nearest neighbours (PCA 64, cosine) with the row's label; with groups,
-    neighbours come from the row's own group first (others only when it runs short)."""
+def nearest(features, k=10, groups=None):
+    """Each row's k nearest neighbours (PCA 64, cosine; with groups, from the row's own group
+    first, others only when it runs short), and the normalised PCA-64 rows they were found in."""
     f = features - features.mean(0)
     _, _, vt = np.linalg.svd(f, full_matrices=False)
     p = f @ vt[:64].T
@@ -32,7 +32,13 @@ def purity(features, labels, k=10, groups=None):
     np.fill_diagonal(s, -np.inf)
     if groups is not None:
         s[groups[:, None] != groups[None, :]] -= 10.0
-    nn = np.argpartition(-s, k, axis=1)[:, :k]
+    return np.argpartition(-s, k, axis=1)[:, :k], p
+
+
+def purity(features, labels, k=10, groups=None):
+    """Share of the k nearest neighbours (PCA 64, cosine) with the row's label; with groups,
+    neighbours come from the row's own group first (others only when it runs short)."""
+    nn, _ = nearest(features, k, groups)
     return (labels[nn] == labels[:, None]).mean()
 
 
