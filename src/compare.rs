@@ -322,6 +322,7 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                         config.neighbour_positives = Some(0);
                         config.neighbour_align_window = 0;
                         config.neighbour_skip_raw_nearest = Some(0);
+                        config.contrastive_subspace = Some(false);
                     }
                     let train = TrainJob {
                         target: job.target.clone(),
@@ -350,12 +351,14 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
 
 /// The row name and model-directory name of a trained method. Settings that change what
 /// the positives are, the whitening matrix, the reference-null term, the two-view background
-/// correction, the reference overlay and a schedule other than the default name the row (as the window names
-/// tic's), so that rows trained differently never share a name in a table: `cidfd(skip=3)`,
-/// `cidfd(align=28)`, `cidfd(skip=3,null=1)`, `cidfd(skip=3,view_lambda=1)`,
-/// `cidfd(window=28,skip=3,view_lambda=1)`, `cidfd(window=28,radius=3,skip=3,view_lambda=1)`,
-/// `cidfd(whiten=matrix,skip=3,view_lambda=1)`, `cidfd(skip=3,view_lambda=1,overlay=0.5)`,
-/// `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
+/// correction, the contrastive subspace, the reference overlay and a schedule other than the
+/// default name the row (as the window names tic's), so that rows trained differently never
+/// share a name in a table: `cidfd(skip=3)`, `cidfd(align=28)`, `cidfd(skip=3,null=1)`,
+/// `cidfd(skip=3,view_lambda=1)`, `cidfd(skip=3,view_lambda=1,subspace)`,
+/// `cidfd(window=28,skip=3,view_lambda=1,subspace)`,
+/// `cidfd(window=28,radius=3,skip=3,view_lambda=1,subspace)`,
+/// `cidfd(whiten=matrix,skip=3,view_lambda=1,subspace)`,
+/// `cidfd(skip=3,view_lambda=1,subspace,overlay=0.5)`, `cidfd(skip=3,epochs=50)`, `idfd(epochs=50)`.
 fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let mut parts: Vec<(&str, String)> = Vec::new();
     if !idfd {
@@ -385,6 +388,9 @@ fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
         if train.two_view_lambda() != 0.0 {
             parts.push(("view_lambda", train.two_view_lambda().to_string()));
         }
+        if train.contrastive_subspace() {
+            parts.push(("subspace", String::new()));
+        }
     }
     // IDFD reads the reference set for overlays too.
     if train.augment.overlay_p > 0.0 {
@@ -400,7 +406,10 @@ fn trained_row_name(idfd: bool, train: &TrainConfig) -> (String, String) {
     let join = |sep: &str, between: &str| {
         parts
             .iter()
-            .map(|(k, v)| format!("{k}{sep}{v}"))
+            .map(|(k, v)| match v.is_empty() {
+                true => k.to_string(),
+                false => format!("{k}{sep}{v}"),
+            })
             .collect::<Vec<_>>()
             .join(between)
     };
@@ -455,19 +464,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trained_rows_are_named_by_their_positives_reference_terms_front_overlay_and_a_non_default_schedule(
+    fn trained_rows_are_named_by_their_positives_reference_terms_front_subspace_overlay_and_a_non_default_schedule(
     ) {
         let default = TrainConfig::default();
+        assert_eq!(
+            trained_row_name(false, &default),
+            (
+                "cidfd(skip=3,view_lambda=1,subspace)".into(),
+                "cidfd-skip3-view_lambda1-subspace".into()
+            )
+        );
+        assert_eq!(
+            trained_row_name(true, &default),
+            ("idfd".into(), "idfd".into())
+        );
+        // The rest without the subspace, which names nothing then.
+        let default = TrainConfig {
+            contrastive_subspace: Some(false),
+            ..default
+        };
         assert_eq!(
             trained_row_name(false, &default),
             (
                 "cidfd(skip=3,view_lambda=1)".into(),
                 "cidfd-skip3-view_lambda1".into()
             )
-        );
-        assert_eq!(
-            trained_row_name(true, &default),
-            ("idfd".into(), "idfd".into())
         );
         let aligned = TrainConfig {
             neighbour_align_window: 28,

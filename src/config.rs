@@ -153,6 +153,11 @@ pub struct TrainConfig {
     /// mention it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub whitening_matrix: bool,
+    /// Project the salient embedding onto the directions in which the targets' embeddings vary
+    /// more than the references' (fitted after training; see [`crate::subspace`]) before
+    /// k-means and in the exported graph. cIDFD only; unset: on for cIDFD, see
+    /// [`TrainConfig::contrastive_subspace`].
+    pub contrastive_subspace: Option<bool>,
     /// ε of the whitening filter as a fraction of the mean reference power: larger keeps more
     /// of the frequencies the backgrounds are strong in.
     pub whitening_shrinkage: f64,
@@ -209,6 +214,7 @@ impl Default for TrainConfig {
             bank_init: BankInit::Random,
             whitening_kernel: None,
             whitening_matrix: false,
+            contrastive_subspace: None,
             whitening_shrinkage: 1.0,
             augment: AugmentConfig::default(),
             clusters: None,
@@ -336,6 +342,13 @@ impl TrainConfig {
         )
     }
 
+    /// Whether the salient embedding is projected onto its contrastive subspace: as set, else
+    /// on for cIDFD (IDFD reads no reference set).
+    pub fn contrastive_subspace(&self) -> bool {
+        self.contrastive_subspace
+            .unwrap_or(self.method == Method::Cidfd)
+    }
+
     /// The encoders' first-stage width: as set, else the architecture's default.
     pub fn width(&self) -> usize {
         self.width.unwrap_or(self.architecture.default_width())
@@ -349,6 +362,7 @@ impl TrainConfig {
             neighbour_positives: Some(self.neighbour_positives()),
             neighbour_skip_raw_nearest: Some(self.neighbour_skip_raw_nearest()),
             two_view_lambda: Some(self.two_view_lambda()),
+            contrastive_subspace: Some(self.contrastive_subspace()),
             ..self.clone()
         }
     }
@@ -384,10 +398,11 @@ impl TrainConfig {
             && (self.whitening_kernel() > 0
                 || self.whitening_matrix
                 || self.neighbour_positives() > 0
-                || self.align_window() > 0)
+                || self.align_window() > 0
+                || self.contrastive_subspace())
         {
             return bad(
-                "whitening_kernel, whitening_matrix, neighbour_positives and align_window are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
+                "whitening_kernel, whitening_matrix, neighbour_positives, align_window and contrastive_subspace are fitted to the reference set: method cidfd only (IDFD reads no reference set)",
             );
         }
         if self.align_search_radius.is_some_and(|r| r > 0) && self.align_window == Some(0) {
@@ -643,9 +658,10 @@ mod tests {
                 paper.whitening_kernel(),
                 paper.neighbour_positives(),
                 paper.two_view_lambda(),
-                paper.align_window
+                paper.align_window,
+                paper.contrastive_subspace()
             ),
-            (0, 0, 0.0, Some(0))
+            (0, 0, 0.0, Some(0), false)
         );
     }
 
@@ -818,6 +834,14 @@ mod tests {
         assert_eq!(resolved.neighbour_skip_raw_nearest, Some(0));
         assert_eq!(resolved.two_view_lambda, Some(0.0));
         assert_eq!(resolved.width, Some(16));
+        assert_eq!(resolved.contrastive_subspace, Some(false));
+        assert_eq!(cidfd.resolved().contrastive_subspace, Some(true));
+        let idfd_subspace = TrainConfig {
+            contrastive_subspace: Some(true),
+            ..idfd.clone()
+        };
+        let err = idfd_subspace.validate().unwrap_err().to_string();
+        assert!(err.contains("contrastive_subspace"), "{err}");
         // An explicit 0 turns cIDFD's off; TOML reads the same.
         let off: TrainConfig = toml::from_str("whitening_kernel = 0").unwrap();
         assert_eq!(off.whitening_kernel(), 0);

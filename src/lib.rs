@@ -12,6 +12,8 @@
 //! * [`cluster`], [`metrics`], [`evaluate`]: k-means, ACC/NMI/ARI, and the two together;
 //! * [`baselines`]: PCA and contrastive PCA;
 //! * [`whitening`]: reference whitening as a fixed convolution (the salient encoder's first layer);
+//! * [`subspace`]: the salient embedding's contrastive subspace (fitted after training, before
+//!   k-means);
 //! * [`alignment`]: the alignment front, a fixed first stage that cuts each image's object window
 //!   for objects that move (shift-invariant k-means templates);
 //! * [`export`]: a trained model directory loaded with candle, and its ONNX graph
@@ -56,6 +58,7 @@ pub mod report;
 pub mod serve;
 pub mod shell;
 pub mod sql;
+pub mod subspace;
 pub mod train;
 pub mod whitening;
 

@@ -19,8 +19,9 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TRAINING_LOG_FILE: &str = "training_log.csv";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const CENTROIDS_TENSOR: &str = "kmeans.centroids";
-/// Version of `manifest.json` this salient writes. Format 2 writes every setting resolved.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of `manifest.json` this salient writes. Format 2 writes every setting resolved;
+/// format 3 adds `contrastive_subspace` (read as off from older manifests).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Identity of one input file of training.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +101,10 @@ impl Manifest {
             config.whitening_kernel.get_or_insert(0);
             config.neighbour_positives.get_or_insert(0);
         }
+        if manifest.format_version < 3 {
+            // Before format 3 no model had a contrastive subspace.
+            manifest.config.contrastive_subspace.get_or_insert(false);
+        }
         Ok(manifest)
     }
 
@@ -163,14 +168,20 @@ mod tests {
             (0, 0)
         );
 
-        // Format 2 writes resolved settings; unset ones take today's defaults.
-        manifest(FORMAT_VERSION, unset).write(dir.path()).unwrap();
+        // Format 2 writes resolved settings; unset ones take today's defaults, except the
+        // contrastive subspace, which no format 2 model has.
+        manifest(2, unset.clone()).write(dir.path()).unwrap();
         let read = Manifest::read(dir.path()).unwrap().config;
         assert_eq!(read.width(), 16);
         assert_eq!(
             read.whitening_kernel(),
             crate::config::DEFAULT_WHITENING_KERNEL
         );
+        assert!(!read.contrastive_subspace());
+
+        manifest(FORMAT_VERSION, unset).write(dir.path()).unwrap();
+        let read = Manifest::read(dir.path()).unwrap().config;
+        assert!(read.contrastive_subspace());
     }
 
     #[test]

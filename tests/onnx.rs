@@ -55,6 +55,8 @@ fn parity(config: salient::train::TrainConfig) {
         (true, true) => "matrix",
     };
     let aligned = config.align_window() > 0;
+    let subspace = config.contrastive_subspace();
+    let dim = config.dim_salient;
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, target) = trained(dir.path(), config);
     let manifest = Manifest::read(&model_dir).unwrap();
@@ -68,6 +70,14 @@ fn parity(config: salient::train::TrainConfig) {
     };
     assert_eq!(loaded, whitening);
     assert_eq!(candle.alignment.is_some(), aligned);
+    assert_eq!(candle.subspace.is_some(), subspace);
+    if let Some(subspace) = &candle.subspace {
+        assert!(
+            (1..=dim).contains(&subspace.rank()),
+            "rank {}",
+            subspace.rank()
+        );
+    }
     let pixels = pixels(&target, &candle);
     assert_eq!(pixels.len(), 256 * 28 * 28);
     let want = candle.embed(&pixels).unwrap();
@@ -129,6 +139,14 @@ fn parity(config: salient::train::TrainConfig) {
 #[test]
 fn small_cnn_candle_and_onnx_runtime_agree_on_256_real_images() {
     parity(common::tiny_config());
+}
+
+#[test]
+fn without_the_contrastive_subspace_candle_and_onnx_runtime_agree() {
+    parity(salient::train::TrainConfig {
+        contrastive_subspace: Some(false),
+        ..common::tiny_config()
+    });
 }
 
 #[test]
@@ -233,6 +251,47 @@ fn corrupted_missing_or_mismatched_models_are_refused() {
     let id = salient::export::export_model(&model_dir).unwrap();
     assert_eq!(id, original_id);
     assert_eq!(std::fs::read(&onnx).unwrap(), good);
+    InferenceEngine::load(&model_dir, EngineOptions::default()).unwrap();
+}
+
+/// Rewrites the model's weights without the contrastive subspace's tensor, keeping the
+/// manifest's sha256 of the weights consistent.
+fn drop_subspace_tensor(model_dir: &Path) -> Manifest {
+    let weights = model_dir.join(salient::manifest::WEIGHTS_FILE);
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    assert!(tensors.remove(salient::subspace::SUBSPACE_TENSOR).is_some());
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let mut manifest = Manifest::read(model_dir).unwrap();
+    manifest.weights_sha256 = salient::manifest::sha256_file(&weights).unwrap();
+    manifest.write(model_dir).unwrap();
+    manifest
+}
+
+#[test]
+fn a_model_without_the_subspace_its_manifest_promises_is_refused_and_older_models_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, _) = trained(dir.path(), common::tiny_config());
+    assert!(TrainedModel::load(&model_dir).unwrap().subspace.is_some());
+
+    let mut manifest = drop_subspace_tensor(&model_dir);
+    let err = TrainedModel::load(&model_dir)
+        .err()
+        .expect("the weights lack the projector")
+        .to_string();
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("salient.contrastive_subspace")
+            && err.contains("contrastive_subspace = true"),
+        "{err}"
+    );
+
+    // A format 2 manifest predates the subspace: the same weights load and export without it.
+    manifest.format_version = 2;
+    manifest.config.contrastive_subspace = None;
+    manifest.write(&model_dir).unwrap();
+    let loaded = TrainedModel::load(&model_dir).unwrap();
+    assert!(loaded.subspace.is_none());
+    salient::export::export_model(&model_dir).unwrap();
     InferenceEngine::load(&model_dir, EngineOptions::default()).unwrap();
 }
 

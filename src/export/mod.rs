@@ -3,7 +3,8 @@
 //!
 //! `image` (uint8 N×C×H×W) → float → [the alignment front's object window, for models trained
 //! with `align_window`] → per-channel normalisation → salient encoder (batch norm
-//! folded into the convolutions and the head) → L2 normalisation → `embedding` (float32 N×d);
+//! folded into the convolutions and the head) → L2 normalisation → [projected onto the
+//! contrastive subspace and normalised again, for models with one] → `embedding` (float32 N×d);
 //! nearest k-means centroid → `cluster_id` (int32 N) and its squared distance → `distance`
 //! (float32 N). The batch dimension is dynamic.
 
@@ -169,6 +170,19 @@ fn value_info(name: &str, elem: DataType, dims: &[Option<usize>]) -> ValueInfoPr
     }
 }
 
+/// L2 normalisation of the rows of `x` with candle's clamp of the norm at 1e-12.
+fn l2_normalize(g: &mut GraphBuilder, x: &str, output: Option<&str>) -> String {
+    let norm = g.node(
+        "ReduceL2",
+        &[x],
+        vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+        None,
+    );
+    let eps = g.constant_f32("norm_eps", &[], &[1e-12]);
+    let norm = g.node("Max", &[&norm, &eps], vec![], None);
+    g.node("Div", &[x, &norm], vec![], output)
+}
+
 /// The serialized ONNX model of a loaded, trained model.
 pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
     let manifest = &model.manifest;
@@ -218,16 +232,17 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
 
     let features = model.encoder.export_onnx(&mut g, &x)?;
 
-    // L2 normalisation with candle's clamp of the norm at 1e-12.
-    let norm = g.node(
-        "ReduceL2",
-        &[&features],
-        vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
-        None,
-    );
-    let eps = g.constant_f32("norm_eps", &[], &[1e-12]);
-    let norm = g.node("Max", &[&norm, &eps], vec![], None);
-    let embedding = g.node("Div", &[&features, &norm], vec![], Some(OUTPUT_EMBEDDING));
+    let embedding = match &model.subspace {
+        None => l2_normalize(&mut g, &features, Some(OUTPUT_EMBEDDING)),
+        Some(subspace) => {
+            // Projected onto the contrastive subspace (the projector is symmetric, so it
+            // multiplies from the right as it is) and normalised again.
+            let unit = l2_normalize(&mut g, &features, None);
+            let projector = g.constant_f32("contrastive_subspace", &[d, d], subspace.projector());
+            let projected = g.node("MatMul", &[&unit, &projector], vec![], None);
+            l2_normalize(&mut g, &projected, Some(OUTPUT_EMBEDDING))
+        }
+    };
 
     // Nearest centroid by squared distance, computed as a difference (not the expanded
     // ‖e‖² − 2e·c + ‖c‖²) so it matches candle's and k-means' arithmetic closely.

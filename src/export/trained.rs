@@ -5,6 +5,7 @@ use crate::model::{
     Encoder, EncoderConfig, InputWhitening, INPUT_FILTER_TENSOR, INPUT_MATRIX_TENSOR,
     INPUT_MEAN_TENSOR,
 };
+use crate::subspace::{ContrastiveSubspace, SUBSPACE_TENSOR};
 
 /// A trained model directory loaded with candle: the salient encoder, its preprocessing and
 /// centroids. `export` builds the ONNX graph from it; the ONNX parity tests compare against it.
@@ -18,6 +19,9 @@ pub struct TrainedModel {
     /// The alignment front (`align_window`), which cuts each image's object window before the
     /// encoders; `None` when the model sees whole images.
     pub alignment: Option<crate::alignment::AlignmentFront>,
+    /// The salient embedding's contrastive subspace (`contrastive_subspace`), applied after the
+    /// encoder's L2 normalisation; `None` when the model keeps the whole embedding.
+    pub subspace: Option<ContrastiveSubspace>,
 }
 
 impl TrainedModel {
@@ -95,6 +99,29 @@ impl TrainedModel {
                 })?,
             ),
         };
+        // Format 3 manifests record the setting resolved; older ones are read as off.
+        let subspace = if manifest.config.contrastive_subspace() {
+            let projector = tensors
+                .get(SUBSPACE_TENSOR)
+                .ok_or_else(|| Error::File {
+                    path: weights.clone(),
+                    message: format!(
+                        "no `{SUBSPACE_TENSOR}` tensor, though the manifest sets contrastive_subspace = true"
+                    ),
+                })?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Some(
+                ContrastiveSubspace::from_projector(projector, manifest.d).map_err(|message| {
+                    Error::File {
+                        path: weights.clone(),
+                        message: format!("`{SUBSPACE_TENSOR}`: {message}"),
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let has_background = tensors.keys().any(|k| k.starts_with("background."));
         let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
         let encoder_config = |dim| EncoderConfig {
@@ -154,12 +181,18 @@ impl TrainedModel {
             background,
             centroids,
             alignment,
+            subspace,
         })
     }
 
-    /// Salient embeddings (n×d) of decoded uint8 images (n×C×H×W).
+    /// Salient embeddings (n×d) of decoded uint8 images (n×C×H×W), projected onto the
+    /// contrastive subspace where the model has one: what k-means and the ONNX graph see.
     pub fn embed(&self, pixels: &[u8]) -> crate::Result<Vec<f32>> {
-        self.forward(&self.encoder, self.manifest.d, pixels)
+        let embeddings = self.forward(&self.encoder, self.manifest.d, pixels)?;
+        Ok(match &self.subspace {
+            Some(subspace) => subspace.apply(&embeddings),
+            None => embeddings,
+        })
     }
 
     /// Background embeddings (n×`dim_background`) of decoded uint8 images, or `None` for a

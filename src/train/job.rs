@@ -19,6 +19,7 @@ use crate::manifest::{
     CHECKPOINT_FILE, TRAINING_LOG_FILE, WEIGHTS_FILE,
 };
 use crate::metrics::ClusterScores;
+use crate::subspace::{ContrastiveSubspace, SUBSPACE_TENSOR};
 
 /// Everything `salient train` needs.
 #[derive(Clone, Debug)]
@@ -299,7 +300,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
             config.eval_every > 0 && epoch % config.eval_every == 0 && epoch < config.epochs;
         let scores = match (&labels, evaluate_now) {
             (Some(labels), true) => {
-                let embeddings = trainer.embed(&target)?;
+                let (embeddings, _) = salient_embeddings(&trainer, &target, reference.as_ref())?;
                 let restarts = config.kmeans_restarts.min(5);
                 cluster_and_score(
                     &embeddings,
@@ -338,7 +339,14 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     }
 
     // k-means on the salient embeddings of the un-augmented target images.
-    let embeddings = trainer.embed(&target)?;
+    let (embeddings, subspace) = salient_embeddings(&trainer, &target, reference.as_ref())?;
+    if let Some(subspace) = &subspace {
+        tracing::info!(
+            kept = subspace.rank(),
+            of = subspace.dim(),
+            "fitted the contrastive subspace of the salient embedding"
+        );
+    }
     let (fit, metrics) = cluster_and_score(
         &embeddings,
         config.dim_salient,
@@ -360,6 +368,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         job,
         &trainer,
         front.as_ref(),
+        subspace.as_ref(),
         &fit.centroids,
         k,
         input_shape,
@@ -379,11 +388,31 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
     })
 }
 
+/// The salient embeddings of the un-augmented target images as k-means and the exported graph
+/// see them: projected onto the contrastive subspace, fitted here to the targets' and the
+/// references' embeddings, where the settings ask for one.
+fn salient_embeddings(
+    trainer: &Trainer,
+    target: &ImageSet,
+    reference: Option<&ImageSet>,
+) -> Result<(Vec<f32>, Option<ContrastiveSubspace>)> {
+    let embeddings = trainer.embed(target)?;
+    let reference = match reference {
+        Some(reference) if trainer.config.contrastive_subspace() => reference,
+        _ => return Ok((embeddings, None)),
+    };
+    let d = trainer.config.dim_salient;
+    let subspace = ContrastiveSubspace::fit(&embeddings, &trainer.embed(reference)?, d)
+        .map_err(|e| Error::Invalid(format!("fitting the contrastive subspace: {e}")))?;
+    Ok((subspace.apply(&embeddings), Some(subspace)))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_model(
     job: &TrainJob,
     trainer: &Trainer,
     front: Option<&crate::alignment::AlignmentFront>,
+    subspace: Option<&ContrastiveSubspace>,
     centroids: &[f32],
     k: usize,
     shape: crate::data::ImageShape,
@@ -400,6 +429,12 @@ fn write_model(
     );
     if let Some(front) = front {
         tensors.extend(front.tensors()?);
+    }
+    if let Some(subspace) = subspace {
+        tensors.insert(
+            SUBSPACE_TENSOR.into(),
+            Tensor::from_slice(subspace.projector(), (d, d), &Device::Cpu)?,
+        );
     }
     let weights = job.out.join(WEIGHTS_FILE);
     crate::atomic::write_bytes_atomically(&weights, &super::safetensors_bytes(&tensors)?)?;
