@@ -130,12 +130,12 @@ fn aligned_neighbours_and_the_schedule_name_their_cidfd_row_and_idfd_ignores_the
         names,
         [
             "idfd(epochs=1)",
-            "cidfd(align=20,skip=2,view_lambda=1,epochs=1)"
+            "cidfd(align=20,skip=2,view_lambda=1,subspace,epochs=1)"
         ]
     );
     assert!(dir
         .path()
-        .join("compare/cidfd-align20-skip2-view_lambda1-epochs1-seed0/model.onnx")
+        .join("compare/cidfd-align20-skip2-view_lambda1-subspace-epochs1-seed0/model.onnx")
         .exists());
     assert!(rows
         .iter()
