@@ -307,13 +307,15 @@ pub fn run(job: &CompareJob) -> Result<Vec<Row>> {
                 }
                 CompareMethod::Idfd | CompareMethod::Cidfd => {
                     let idfd = *method == CompareMethod::Idfd;
-                    let (method_name, dir_name) = trained_row_name(idfd, &job.train);
                     let mut config = TrainConfig {
                         method: if idfd { Method::Idfd } else { Method::Cidfd },
                         seed,
                         clusters: Some(k),
                         ..job.train.clone()
                     };
+                    // Named by the settings of the row's own method, whatever `method` the
+                    // given settings name (the method-dependent defaults differ).
+                    let (method_name, dir_name) = trained_row_name(idfd, &config);
                     if idfd {
                         // IDFD reads no reference set: no reference whitening, and no
                         // neighbours found in reference-whitened pixels.

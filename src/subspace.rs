@@ -11,6 +11,8 @@
 //! is kept), and is one `MatMul` in the exported graph. See docs/research/salient-encoder.md,
 //! "The contrastive subspace of the salient embedding".
 
+use rayon::prelude::*;
+
 use crate::baselines::{cpca, normalize_rows, BaselineError};
 
 /// The salient encoder's contrastive subspace in the model's weights: the d×d orthogonal
@@ -22,7 +24,8 @@ pub const SUBSPACE_TENSOR: &str = "salient.contrastive_subspace";
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContrastiveSubspace {
     d: usize,
-    /// d×d, row-major and symmetric: `Σ v vᵀ` over the kept directions.
+    /// d×d, row-major: `Σ v vᵀ` over the kept directions (symmetric when fitted; applied as
+    /// `x · P` here and in the ONNX graph alike).
     projector: Vec<f32>,
     rank: usize,
 }
@@ -105,23 +108,25 @@ impl ContrastiveSubspace {
         self.rank
     }
 
-    /// The d×d projector, row-major (symmetric).
+    /// The d×d projector, row-major.
     pub fn projector(&self) -> &[f32] {
         &self.projector
     }
 
-    /// Each embedding (rows of d) projected onto the subspace and L2-normalised again (a row
-    /// with nothing in the subspace stays zero).
+    /// Each embedding (rows of d) times the projector (`x · P`, as the ONNX graph's `MatMul`)
+    /// and L2-normalised again (a row with nothing in the subspace stays zero).
     pub fn apply(&self, embeddings: &[f32]) -> Vec<f32> {
         let d = self.d;
         let mut out = vec![0.0f32; embeddings.len()];
-        for (o, row) in out.chunks_exact_mut(d).zip(embeddings.chunks_exact(d)) {
-            for (j, o) in o.iter_mut().enumerate() {
-                // The projector is symmetric: its column j is its row j.
-                let column = &self.projector[j * d..(j + 1) * d];
-                *o = row.iter().zip(column).map(|(a, b)| a * b).sum();
-            }
-        }
+        out.par_chunks_exact_mut(d)
+            .zip(embeddings.par_chunks_exact(d))
+            .for_each(|(o, row)| {
+                for (&x, p_row) in row.iter().zip(self.projector.chunks_exact(d)) {
+                    for (o, &p) in o.iter_mut().zip(p_row) {
+                        *o += x * p;
+                    }
+                }
+            });
         normalize_rows(&mut out, d);
         out
     }

@@ -254,12 +254,17 @@ fn corrupted_missing_or_mismatched_models_are_refused() {
     InferenceEngine::load(&model_dir, EngineOptions::default()).unwrap();
 }
 
-/// Rewrites the model's weights without the contrastive subspace's tensor, keeping the
-/// manifest's sha256 of the weights consistent.
-fn drop_subspace_tensor(model_dir: &Path) -> Manifest {
+/// Rewrites the model's weights with `projector` as the contrastive subspace's tensor, or
+/// without one, keeping the manifest's sha256 of the weights consistent.
+fn replace_subspace_tensor(model_dir: &Path, projector: Option<candle_core::Tensor>) -> Manifest {
     let weights = model_dir.join(salient::manifest::WEIGHTS_FILE);
     let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
-    assert!(tensors.remove(salient::subspace::SUBSPACE_TENSOR).is_some());
+    let name = salient::subspace::SUBSPACE_TENSOR;
+    let old = match projector {
+        Some(projector) => tensors.insert(name.to_string(), projector),
+        None => tensors.remove(name),
+    };
+    assert!(old.is_some());
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let mut manifest = Manifest::read(model_dir).unwrap();
     manifest.weights_sha256 = salient::manifest::sha256_file(&weights).unwrap();
@@ -268,12 +273,28 @@ fn drop_subspace_tensor(model_dir: &Path) -> Manifest {
 }
 
 #[test]
-fn a_model_without_the_subspace_its_manifest_promises_is_refused_and_older_models_load() {
+fn a_model_without_the_subspace_its_manifest_promises_or_with_a_misshapen_one_is_refused_and_older_models_load(
+) {
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, _) = trained(dir.path(), common::tiny_config());
+    let d = common::tiny_config().dim_salient;
     assert!(TrainedModel::load(&model_dir).unwrap().subspace.is_some());
 
-    let mut manifest = drop_subspace_tensor(&model_dir);
+    // The right number of values in the wrong shape.
+    let flat =
+        candle_core::Tensor::zeros(d * d, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+    replace_subspace_tensor(&model_dir, Some(flat));
+    let err = TrainedModel::load(&model_dir)
+        .err()
+        .expect("a flat projector")
+        .to_string();
+    assert!(
+        err.contains("salient.contrastive_subspace") && err.contains(&format!("[{d}, {d}]")),
+        "{err}"
+    );
+
+    let mut manifest = replace_subspace_tensor(&model_dir, None);
     let err = TrainedModel::load(&model_dir)
         .err()
         .expect("the weights lack the projector")

@@ -170,7 +170,8 @@ fn value_info(name: &str, elem: DataType, dims: &[Option<usize>]) -> ValueInfoPr
     }
 }
 
-/// L2 normalisation of the rows of `x` with candle's clamp of the norm at 1e-12.
+/// L2 normalisation of the rows of `x`, the norm clamped at 1e-12 as candle's `l2_normalize`
+/// does (so a row of zeros stays zero, as in [`crate::subspace::ContrastiveSubspace::apply`]).
 fn l2_normalize(g: &mut GraphBuilder, x: &str, output: Option<&str>) -> String {
     let norm = g.node(
         "ReduceL2",
@@ -235,8 +236,7 @@ pub fn onnx_bytes(model: &TrainedModel) -> Result<Vec<u8>> {
     let embedding = match &model.subspace {
         None => l2_normalize(&mut g, &features, Some(OUTPUT_EMBEDDING)),
         Some(subspace) => {
-            // Projected onto the contrastive subspace (the projector is symmetric, so it
-            // multiplies from the right as it is) and normalised again.
+            // Projected onto the contrastive subspace (x · P) and normalised again.
             let unit = l2_normalize(&mut g, &features, None);
             let projector = g.constant_f32("contrastive_subspace", &[d, d], subspace.projector());
             let projected = g.node("MatMul", &[&unit, &projector], vec![], None);

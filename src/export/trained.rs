@@ -46,37 +46,45 @@ impl TrainedModel {
                 path: weights.clone(),
                 message: format!("unreadable weights ({e})"),
             })?;
-        let centroids = tensors
-            .get(CENTROIDS_TENSOR)
-            .ok_or_else(|| Error::File {
-                path: weights.clone(),
-                message: format!("no `{CENTROIDS_TENSOR}` tensor"),
-            })?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let stored = |name: &str| {
+        // A tensor the manifest's settings call for; `setting` says which, for the error.
+        let stored = |name: &str, setting: &str| {
             tensors.get(name).cloned().ok_or_else(|| Error::File {
                 path: weights.clone(),
-                message: format!(
-                    "no `{name}` tensor, though the manifest sets whitening_kernel = {}{}",
-                    manifest.config.whitening_kernel(),
-                    if manifest.config.whitening_matrix {
-                        " and whitening_matrix = true"
-                    } else {
-                        ""
-                    }
-                ),
+                message: format!("no `{name}` tensor{setting}"),
             })
         };
+        // The values of a stored tensor as f32, flattened.
+        let values = |name: &str, tensor: candle_core::Tensor| {
+            tensor
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| Error::File {
+                    path: weights.clone(),
+                    message: format!("`{name}`: {e}"),
+                })
+        };
+        let centroids = values(CENTROIDS_TENSOR, stored(CENTROIDS_TENSOR, "")?)?;
+        let whitening_setting = format!(
+            ", though the manifest sets whitening_kernel = {}{}",
+            manifest.config.whitening_kernel(),
+            if manifest.config.whitening_matrix {
+                " and whitening_matrix = true"
+            } else {
+                ""
+            }
+        );
         let input_whitening = match (
             manifest.config.whitening_kernel() > 0,
             manifest.config.whitening_matrix,
         ) {
             (false, _) => None,
-            (true, false) => Some(InputWhitening::Kernel(stored(INPUT_FILTER_TENSOR)?)),
+            (true, false) => Some(InputWhitening::Kernel(stored(
+                INPUT_FILTER_TENSOR,
+                &whitening_setting,
+            )?)),
             (true, true) => Some(InputWhitening::Matrix {
-                mean: stored(INPUT_MEAN_TENSOR)?,
-                matrix: stored(INPUT_MATRIX_TENSOR)?,
+                mean: stored(INPUT_MEAN_TENSOR, &whitening_setting)?,
+                matrix: stored(INPUT_MATRIX_TENSOR, &whitening_setting)?,
             }),
         };
         // Training records the window and radius it used; a manifest without them predates
@@ -101,24 +109,23 @@ impl TrainedModel {
         };
         // Format 3 manifests record the setting resolved; older ones are read as off.
         let subspace = if manifest.config.contrastive_subspace() {
-            let projector = tensors
-                .get(SUBSPACE_TENSOR)
-                .ok_or_else(|| Error::File {
-                    path: weights.clone(),
-                    message: format!(
-                        "no `{SUBSPACE_TENSOR}` tensor, though the manifest sets contrastive_subspace = true"
-                    ),
-                })?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Some(
-                ContrastiveSubspace::from_projector(projector, manifest.d).map_err(|message| {
-                    Error::File {
-                        path: weights.clone(),
-                        message: format!("`{SUBSPACE_TENSOR}`: {message}"),
-                    }
-                })?,
-            )
+            let tensor = stored(
+                SUBSPACE_TENSOR,
+                ", though the manifest sets contrastive_subspace = true",
+            )?;
+            let d = manifest.d;
+            let subspace_error = |message: String| Error::File {
+                path: weights.clone(),
+                message: format!("`{SUBSPACE_TENSOR}`: {message}"),
+            };
+            if tensor.dims() != [d, d] {
+                return Err(subspace_error(format!(
+                    "shape {:?}, expected [{d}, {d}] for d = {d}",
+                    tensor.dims()
+                )));
+            }
+            let projector = values(SUBSPACE_TENSOR, tensor)?;
+            Some(ContrastiveSubspace::from_projector(projector, d).map_err(subspace_error)?)
         } else {
             None
         };

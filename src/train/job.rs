@@ -338,7 +338,7 @@ pub fn run(job: &TrainJob) -> Result<TrainReport> {
         bar.finish_and_clear();
     }
 
-    // k-means on the salient embeddings of the un-augmented target images.
+    // k-means on the (projected) salient embeddings of the un-augmented target images.
     let (embeddings, subspace) = salient_embeddings(&trainer, &target, reference.as_ref())?;
     if let Some(subspace) = &subspace {
         tracing::info!(
@@ -397,9 +397,14 @@ fn salient_embeddings(
     reference: Option<&ImageSet>,
 ) -> Result<(Vec<f32>, Option<ContrastiveSubspace>)> {
     let embeddings = trainer.embed(target)?;
-    let reference = match reference {
-        Some(reference) if trainer.config.contrastive_subspace() => reference,
-        _ => return Ok((embeddings, None)),
+    if !trainer.config.contrastive_subspace() {
+        return Ok((embeddings, None));
+    }
+    // Validation keeps the subspace to cIDFD, which refused to start without a reference.
+    let Some(reference) = reference else {
+        return Err(Error::Invalid(
+            "internal: contrastive_subspace without a reference table".into(),
+        ));
     };
     let d = trainer.config.dim_salient;
     let subspace = ContrastiveSubspace::fit(&embeddings, &trainer.embed(reference)?, d)
