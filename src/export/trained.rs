@@ -163,15 +163,15 @@ impl TrainedModel {
                 .map_err(|e| whitening_error(INPUT_FILTER_TENSOR, e))?,
             Some(InputWhitening::Matrix { mean, matrix }) => {
                 // The encoder sees the whole image, or the alignment front's window of it.
-                let values = match &alignment {
+                let input_values = match &alignment {
                     Some(front) => front.window * front.window * manifest.input.shape.channels,
                     None => manifest.input.shape.len(),
                 };
-                if matrix.dims() != [values, values] {
+                if matrix.dims() != [input_values, input_values] {
                     return Err(Error::File {
                         path: weights.clone(),
                         message: format!(
-                            "`{INPUT_MATRIX_TENSOR}` has shape {:?}, expected [{values}, {values}] for the encoder's input",
+                            "`{INPUT_MATRIX_TENSOR}` has shape {:?}, expected [{input_values}, {input_values}] for the encoder's input",
                             matrix.dims()
                         ),
                     });
